@@ -1,0 +1,259 @@
+//! Content transformation: edit request and response headers, rewrite the
+//! URL by prefix, map `Location` from backend names to public ones, and
+//! substitute text in response bodies of chosen content types.
+
+use adc_sdk::{policy, BodyLimits, Config, Decision, Error, Policy, Request, Response};
+use serde::Deserialize;
+
+/// Header edits, applied in order: remove, set, then append.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderEdits {
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    set: Vec<(String, String)>,
+    #[serde(default)]
+    append: Vec<(String, String)>,
+}
+
+impl HeaderEdits {
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.append.is_empty()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefixRule {
+    from: String,
+    to: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BodyRules {
+    /// Content types (without parameters) whose bodies are rewritten.
+    content_types: Vec<String>,
+    /// Text substitutions, applied in order.
+    replace: Vec<PrefixRule>,
+    /// Largest body buffered for substitution; larger ones pass unchanged.
+    #[serde(default = "default_max_body")]
+    max_bytes: u32,
+}
+
+fn default_max_body() -> u32 {
+    1024 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    request_headers: HeaderEdits,
+    #[serde(default)]
+    response_headers: HeaderEdits,
+    /// Path prefixes replaced before forwarding; the first match wins.
+    #[serde(default)]
+    url: Vec<PrefixRule>,
+    /// `Location` prefixes replaced in responses; the first match wins.
+    #[serde(default)]
+    location: Vec<PrefixRule>,
+    body: Option<BodyRules>,
+}
+
+/// The rewrite policy.
+pub struct Rewrite {
+    settings: Settings,
+}
+
+fn apply_request(edits: &HeaderEdits, req: &Request) -> Result<(), String> {
+    for name in &edits.remove {
+        req.remove_header(name);
+    }
+    for (name, value) in &edits.set {
+        req.set_header(name, value).map_err(|e| format!("set {name:?}: {e}"))?;
+    }
+    for (name, value) in &edits.append {
+        req.append_header(name, value).map_err(|e| format!("append {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn apply_response(edits: &HeaderEdits, resp: &Response) -> Result<(), String> {
+    for name in &edits.remove {
+        resp.remove_header(name);
+    }
+    for (name, value) in &edits.set {
+        resp.set_header(name, value).map_err(|e| format!("set {name:?}: {e}"))?;
+    }
+    for (name, value) in &edits.append {
+        resp.append_header(name, value).map_err(|e| format!("append {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn replace_prefix(rules: &[PrefixRule], text: &str) -> Option<String> {
+    rules
+        .iter()
+        .find(|r| text.starts_with(&r.from))
+        .map(|r| format!("{}{}", r.to, &text[r.from.len()..]))
+}
+
+fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+#[policy]
+impl Policy for Rewrite {
+    fn init(config: Config) -> Result<Self, Error> {
+        let settings: Settings = config.parse()?;
+        for rule in settings.url.iter() {
+            if !rule.from.starts_with('/') || !rule.to.starts_with('/') {
+                return Err(Error::new(format!(
+                    "url rule {:?} -> {:?}: both must start with '/'",
+                    rule.from, rule.to
+                )));
+            }
+        }
+        if let Some(body) = &settings.body {
+            if body.replace.iter().any(|r| r.from.is_empty()) {
+                return Err(Error::new("body.replace: 'from' must not be empty"));
+            }
+        }
+        Ok(Rewrite { settings })
+    }
+
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits { request: 0, response: self.settings.body.as_ref().map_or(0, |b| b.max_bytes) }
+    }
+
+    fn on_request_headers(&self, req: &Request) -> Decision {
+        if !self.settings.url.is_empty() {
+            let uri = req.uri();
+            if let Some(rewritten) = replace_prefix(&self.settings.url, &uri) {
+                if let Err(e) = req.set_uri(&rewritten) {
+                    adc_sdk::log::warn(&format!("url rewrite to {rewritten:?} refused: {e}"));
+                }
+            }
+        }
+        if !self.settings.request_headers.is_empty() {
+            if let Err(e) = apply_request(&self.settings.request_headers, req) {
+                adc_sdk::log::warn(&format!("request header edit refused: {e}"));
+            }
+        }
+        Decision::Continue
+    }
+
+    fn on_response_headers(&self, _req: &Request, resp: &Response) -> Decision {
+        if !self.settings.location.is_empty() {
+            if let Some(location) = resp.header("location") {
+                if let Some(mapped) = replace_prefix(&self.settings.location, &location) {
+                    let _ = resp.set_header("location", &mapped);
+                }
+            }
+        }
+        if !self.settings.response_headers.is_empty() {
+            if let Err(e) = apply_response(&self.settings.response_headers, resp) {
+                adc_sdk::log::warn(&format!("response header edit refused: {e}"));
+            }
+        }
+        Decision::Continue
+    }
+
+    fn on_response_body(&self, _req: &Request, resp: &Response) -> Decision {
+        let Some(rules) = &self.settings.body else {
+            return Decision::Continue;
+        };
+        let matches = resp
+            .header("content-type")
+            .is_some_and(|ct| rules.content_types.iter().any(|t| t.eq_ignore_ascii_case(media_type(&ct))));
+        if !matches {
+            return Decision::Continue;
+        }
+        let Some(body) = resp.body() else {
+            return Decision::Continue;
+        };
+        let Ok(mut text) = String::from_utf8(body) else {
+            return Decision::Continue;
+        };
+        for rule in &rules.replace {
+            text = text.replace(&rule.from, &rule.to);
+        }
+        let _ = resp.set_body(text.as_bytes());
+        Decision::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adc_sdk::testing::{MockRequest, MockResponse, TestHost};
+
+    #[test]
+    fn request_headers_are_removed_set_and_appended_in_order() {
+        let host = TestHost::new();
+        let policy: Rewrite = host
+            .init(r#"{"request_headers": {"remove": ["x-debug"], "set": [["x-env", "prod"]], "append": [["via", "adc"]]}}"#)
+            .unwrap();
+        let req = MockRequest::get("/").with_header("x-debug", "1").with_header("via", "cdn");
+        assert_eq!(policy.on_request_headers(&req.as_request()), Decision::Continue);
+        assert_eq!(
+            req.headers(),
+            vec![("via".into(), "cdn".into()), ("x-env".into(), "prod".into()), ("via".into(), "adc".into())]
+        );
+    }
+
+    #[test]
+    fn url_prefix_is_rewritten_and_query_kept() {
+        let host = TestHost::new();
+        let policy: Rewrite = host.init(r#"{"url": [{"from": "/old/", "to": "/new/"}]}"#).unwrap();
+        let req = MockRequest::get("/old/page?x=1");
+        policy.on_request_headers(&req.as_request());
+        assert_eq!(req.as_request().uri(), "/new/page?x=1");
+    }
+
+    #[test]
+    fn location_maps_backend_name_to_public_name() {
+        let host = TestHost::new();
+        let policy: Rewrite = host
+            .init(r#"{"location": [{"from": "http://10.0.0.5:8080/", "to": "https://www.example.com/"}]}"#)
+            .unwrap();
+        let req = MockRequest::get("/");
+        let resp = MockResponse::new(302).with_header("location", "http://10.0.0.5:8080/login");
+        policy.on_response_headers(&req.as_request(), &resp.as_response());
+        assert_eq!(resp.as_response().header("location").as_deref(), Some("https://www.example.com/login"));
+    }
+
+    #[test]
+    fn body_is_substituted_only_for_listed_content_types() {
+        let host = TestHost::new();
+        let policy: Rewrite = host
+            .init(r#"{"body": {"content_types": ["text/html"], "replace": [{"from": "http://", "to": "https://"}]}}"#)
+            .unwrap();
+        let req = MockRequest::get("/");
+        let html = MockResponse::new(200).with_header("content-type", "text/html; charset=utf-8").with_body(b"<a href=http://x>");
+        policy.on_response_body(&req.as_request(), &html.as_response());
+        assert_eq!(html.as_response().body().unwrap(), b"<a href=https://x>");
+        let json = MockResponse::new(200).with_header("content-type", "application/json").with_body(b"http://x");
+        policy.on_response_body(&req.as_request(), &json.as_response());
+        assert_eq!(json.as_response().body().unwrap(), b"http://x");
+    }
+
+    #[test]
+    fn managed_headers_cannot_be_set() {
+        let host = TestHost::new();
+        let policy: Rewrite = host.init(r#"{"request_headers": {"set": [["connection", "close"]]}}"#).unwrap();
+        let req = MockRequest::get("/");
+        policy.on_request_headers(&req.as_request());
+        assert!(req.headers().is_empty());
+        assert!(host.logs().iter().any(|(_, l)| l.contains("header is managed by the host")));
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let host = TestHost::new();
+        let err = host.init::<Rewrite>(r#"{"urls": []}"#).err().unwrap();
+        assert!(err.message().contains("unknown field `urls`"), "{err}");
+    }
+}

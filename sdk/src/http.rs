@@ -1,0 +1,266 @@
+//! Handles on the request and response the host holds.
+
+use crate::sys;
+
+/// Why the host refused an edit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EditError {
+    /// Not a valid header name.
+    InvalidName,
+    /// Not a valid header value (control characters, line breaks).
+    InvalidValue,
+    /// A hop-by-hop or framing header, which the host manages.
+    ForbiddenHeader,
+    /// Not a valid method, URI or path.
+    InvalidTarget,
+    /// Not a status from 100 to 999.
+    InvalidStatus,
+    /// The body is not buffered in this hook.
+    BodyUnavailable,
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EditError::InvalidName => "invalid header name",
+            EditError::InvalidValue => "invalid header value",
+            EditError::ForbiddenHeader => "header is managed by the host",
+            EditError::InvalidTarget => "invalid method or target",
+            EditError::InvalidStatus => "invalid status",
+            EditError::BodyUnavailable => "body is not buffered in this hook",
+        })
+    }
+}
+
+impl std::error::Error for EditError {}
+
+/// The client's request, held by the host. Reading a value copies only that
+/// value into the policy. Header names match without regard to case.
+pub struct Request<'a>(&'a sys::Request);
+
+impl<'a> Request<'a> {
+    #[doc(hidden)]
+    pub fn __from_sys(inner: &'a sys::Request) -> Self {
+        Request(inner)
+    }
+
+    /// The method, such as `GET`.
+    pub fn method(&self) -> String {
+        self.0.method()
+    }
+
+    /// Replace the method.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::InvalidTarget`] when `method` is not a method token.
+    pub fn set_method(&self, method: &str) -> Result<(), EditError> {
+        self.0.set_method(method).map_err(sys::edit_error)
+    }
+
+    /// Path and query, as they will be forwarded.
+    pub fn uri(&self) -> String {
+        self.0.uri()
+    }
+
+    /// Replace path and query with an origin-form target (`/path?query`).
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::InvalidTarget`] when `uri` does not start with `/` or
+    /// is not a valid target.
+    pub fn set_uri(&self, uri: &str) -> Result<(), EditError> {
+        self.0.set_uri(uri).map_err(sys::edit_error)
+    }
+
+    /// The normalised path: unreserved characters percent-decoded, dot
+    /// segments removed (see [`crate::text::normalize_path`]).
+    pub fn path(&self) -> String {
+        self.0.path()
+    }
+
+    /// The raw query, without `?`.
+    pub fn query(&self) -> Option<String> {
+        self.0.query()
+    }
+
+    /// The first value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.0.query_param(name)
+    }
+
+    /// The host the client asked for, lowercased, without port.
+    pub fn host(&self) -> Option<String> {
+        self.0.host()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> String {
+        self.0.scheme()
+    }
+
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
+    pub fn version(&self) -> String {
+        self.0.version()
+    }
+
+    /// The client's address.
+    pub fn client_ip(&self) -> String {
+        self.0.client_ip()
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+
+    /// Every value of a header, one per field line, in order.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.header_values(name)
+    }
+
+    /// The names of the headers present, lowercased, each once.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.header_names()
+    }
+
+    /// Replace every value of a header with `value`.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::InvalidName`], [`EditError::InvalidValue`], or
+    /// [`EditError::ForbiddenHeader`] for headers the host manages.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.set_header(name, value).map_err(sys::edit_error)
+    }
+
+    /// Add a field line, keeping the values present.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::set_header`].
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.append_header(name, value).map_err(sys::edit_error)
+    }
+
+    /// Remove every value of a header; true when one was present.
+    pub fn remove_header(&self, name: &str) -> bool {
+        self.0.remove_header(name)
+    }
+
+    /// A cookie's value, looked up across every `Cookie` field, quotes
+    /// removed.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.0.cookie(name)
+    }
+
+    /// Every cookie as `(name, value)`, in order.
+    pub fn cookies(&self) -> Vec<(String, String)> {
+        self.0.cookies()
+    }
+
+    /// The buffered body, in `on_request_body`.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.0.body()
+    }
+
+    /// Replace the body, in `on_request_body`.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::BodyUnavailable`] in any other hook.
+    pub fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
+        self.0.set_body(body).map_err(sys::edit_error)
+    }
+
+    /// A transaction variable set earlier in this transaction, by this
+    /// policy or another of the chain. An instance serves many transactions
+    /// in turn, so what one transaction must remember between hooks (the
+    /// member chosen, a decision taken) goes here, not in `self`.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.0.var(name)
+    }
+
+    /// Set a transaction variable until the transaction ends.
+    pub fn set_var(&self, name: &str, value: &str) {
+        self.0.set_var(name, value)
+    }
+}
+
+/// The backend's response (or a policy's own answer), held by the host.
+pub struct Response<'a>(&'a sys::Response);
+
+impl<'a> Response<'a> {
+    #[doc(hidden)]
+    pub fn __from_sys(inner: &'a sys::Response) -> Self {
+        Response(inner)
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.0.status()
+    }
+
+    /// Replace the status.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::InvalidStatus`] outside 100-999.
+    pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        self.0.set_status(status).map_err(sys::edit_error)
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+
+    /// Every value of a header, one per field line: two `Set-Cookie` lines
+    /// are two values.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.header_values(name)
+    }
+
+    /// The names of the headers present, lowercased, each once.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.header_names()
+    }
+
+    /// Replace every value of a header with `value`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::set_header`].
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.set_header(name, value).map_err(sys::edit_error)
+    }
+
+    /// Add a field line, keeping the values present: an added `Set-Cookie`
+    /// reaches the client as its own line.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::set_header`].
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.append_header(name, value).map_err(sys::edit_error)
+    }
+
+    /// Remove every value of a header; true when one was present.
+    pub fn remove_header(&self, name: &str) -> bool {
+        self.0.remove_header(name)
+    }
+
+    /// The buffered body, in `on_response_body`.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.0.body()
+    }
+
+    /// Replace the body, in `on_response_body`.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::BodyUnavailable`] in any other hook.
+    pub fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
+        self.0.set_body(body).map_err(sys::edit_error)
+    }
+}

@@ -1,0 +1,271 @@
+//! Write [adc](https://example.invalid/adc) policies in Rust.
+//!
+//! A policy is a type that implements [`Policy`]. The host creates it once
+//! per instance from the policy's settings ([`Policy::init`]), then calls the
+//! hooks the type implements, in the order of an HTTP transaction:
+//! `on_connect`, `on_request_headers`, `on_request_body`,
+//! `on_backend_selected`, `on_backend_failed`, `on_response_headers`,
+//! `on_response_body`, `on_end`. Each hook that is not written keeps its
+//! default, which does nothing, and the [`policy`] attribute tells the host
+//! never to call it.
+//!
+//! ```
+//! use adc_sdk::{policy, Config, Decision, Error, Policy, Request, Response};
+//!
+//! struct AddHeader {
+//!     value: String,
+//! }
+//!
+//! #[policy]
+//! impl Policy for AddHeader {
+//!     fn init(config: Config) -> Result<Self, Error> {
+//!         Ok(Self { value: config.get_str("value").unwrap_or("adc").to_owned() })
+//!     }
+//!
+//!     fn on_response_headers(&self, _req: &Request, resp: &Response) -> Decision {
+//!         let _ = resp.set_header("x-served-by", &self.value);
+//!         Decision::Continue
+//!     }
+//! }
+//! ```
+//!
+//! Build it into a component with the project's `scripts/build-policies`, or
+//! test it natively with plain `cargo test` through [`testing`].
+//!
+//! An instance serves one request at a time and is reused for many: state in
+//! `self` (behind a `Cell` or `RefCell`) is per instance, and the host runs
+//! one instance per worker thread. State every worker must see belongs in
+//! the shared table, [`kv`].
+//!
+//! A panic fails the request it happened in; its message and source location
+//! reach the host's log, and the host replaces the instance.
+#![deny(missing_docs)]
+
+mod decision;
+mod http;
+mod sys;
+
+pub mod clock;
+pub mod crypto;
+pub mod kv;
+pub mod log;
+pub mod metrics;
+pub mod pools;
+pub mod text;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use adc_sdk_macros::policy;
+pub use decision::{Backend, Connection, Decision, ListenerKind, Reply, Transaction};
+pub use http::{EditError, Request, Response};
+
+/// The hooks a policy implements, as the [`policy`] attribute finds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Hooks(u32);
+
+impl Hooks {
+    /// `on_connect`.
+    pub const CONNECT: Hooks = Hooks(1 << 0);
+    /// `on_request_headers`.
+    pub const REQUEST_HEADERS: Hooks = Hooks(1 << 1);
+    /// `on_request_body`.
+    pub const REQUEST_BODY: Hooks = Hooks(1 << 2);
+    /// `on_backend_selected`.
+    pub const BACKEND_SELECTED: Hooks = Hooks(1 << 3);
+    /// `on_backend_failed`.
+    pub const BACKEND_FAILED: Hooks = Hooks(1 << 4);
+    /// `on_response_headers`.
+    pub const RESPONSE_HEADERS: Hooks = Hooks(1 << 5);
+    /// `on_response_body`.
+    pub const RESPONSE_BODY: Hooks = Hooks(1 << 6);
+    /// `on_end`.
+    pub const END: Hooks = Hooks(1 << 7);
+    /// Every hook.
+    pub const ALL: Hooks = Hooks(0xff);
+    /// No hook.
+    pub const NONE: Hooks = Hooks(0);
+
+    /// Both sets together.
+    pub const fn union(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+
+    /// Whether every hook of `other` is in this set.
+    pub const fn contains(self, other: Hooks) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The set as bits, in the order of the WIT `hooks` flags.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+/// How much body the host buffers for the body hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BodyLimits {
+    /// Largest request body for `on_request_body`; a larger one gets 413.
+    pub request: u32,
+    /// Largest response body for `on_response_body`; a larger one passes
+    /// through unchanged and the hook is skipped for it.
+    pub response: u32,
+}
+
+/// An error a policy reports from [`Policy::init`]: the host refuses the
+/// policy and logs the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error(message.to_owned())
+    }
+}
+
+/// The policy's settings: its section of the adc configuration, as JSON.
+#[derive(Clone, Debug, Default)]
+pub struct Config(serde_json::Value);
+
+impl Config {
+    /// Settings from a JSON text (what the host passes to `init`).
+    ///
+    /// # Errors
+    ///
+    /// When the text is not JSON.
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        if text.trim().is_empty() {
+            return Ok(Config(serde_json::Value::Object(Default::default())));
+        }
+        serde_json::from_str(text)
+            .map(Config)
+            .map_err(|e| Error::new(format!("policy settings are not valid JSON: {e}")))
+    }
+
+    /// Deserialize the settings into a type of the policy's own; serde's
+    /// `deny_unknown_fields` on that type makes a misspelt setting an error.
+    ///
+    /// # Errors
+    ///
+    /// When the settings do not fit `T`; the message names the setting.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(&self.0).map_err(|e| Error::new(format!("invalid settings: {e}")))
+    }
+
+    /// A string setting.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.as_str())
+    }
+
+    /// The settings as a JSON value.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.0
+    }
+}
+
+/// A policy: settings in, decisions out.
+///
+/// Every hook has a default that returns [`Decision::Continue`]. Put
+/// [`policy`] on the `impl` block so that the host calls only the hooks
+/// written there.
+pub trait Policy: Sized + 'static {
+    /// The hooks the host calls. The [`policy`] attribute sets it to the
+    /// hooks the `impl` block writes; without the attribute every hook is
+    /// called.
+    const HOOKS: Hooks = Hooks::ALL;
+
+    /// Build the policy from its settings. Runs once per instance, before
+    /// any hook (the iRules `RULE_INIT`).
+    ///
+    /// # Errors
+    ///
+    /// An error refuses the policy at load time; the host logs the message
+    /// and keeps the version it had.
+    fn init(config: Config) -> Result<Self, Error>;
+
+    /// How much body to buffer for `on_request_body` and `on_response_body`.
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits::default()
+    }
+
+    /// A client connection was accepted. May return `Continue`, `Reject`,
+    /// and on TCP and UDP listeners `Route`.
+    fn on_connect(&self, conn: &Connection) -> Decision {
+        let _ = conn;
+        Decision::Continue
+    }
+
+    /// The request's headers arrived. May return any decision.
+    fn on_request_headers(&self, req: &Request) -> Decision {
+        let _ = req;
+        Decision::Continue
+    }
+
+    /// The request body arrived, buffered up to [`BodyLimits::request`].
+    /// May return any decision but `Reject`.
+    fn on_request_body(&self, req: &Request) -> Decision {
+        let _ = req;
+        Decision::Continue
+    }
+
+    /// A member was chosen. May return `Continue`, `Respond`, `Redirect` or
+    /// `Route` (choose again).
+    fn on_backend_selected(&self, req: &Request, backend: &Backend) -> Decision {
+        let _ = (req, backend);
+        Decision::Continue
+    }
+
+    /// Reaching the member failed (the iRules `LB_FAILED`). May return
+    /// `Continue`, `Respond`, `Redirect` or `Route` (try there).
+    fn on_backend_failed(&self, req: &Request, backend: &Backend, reason: &str) -> Decision {
+        let _ = (req, backend, reason);
+        Decision::Continue
+    }
+
+    /// The response's headers arrived. May return `Continue` or `Respond`.
+    fn on_response_headers(&self, req: &Request, resp: &Response) -> Decision {
+        let _ = (req, resp);
+        Decision::Continue
+    }
+
+    /// The response body arrived, buffered up to [`BodyLimits::response`].
+    /// May return `Continue` or `Respond`.
+    fn on_response_body(&self, req: &Request, resp: &Response) -> Decision {
+        let _ = (req, resp);
+        Decision::Continue
+    }
+
+    /// The transaction ended: log it or count it.
+    fn on_end(&self, req: &Request, summary: &Transaction) {
+        let _ = (req, summary);
+    }
+}
