@@ -1,1 +1,19 @@
+//! adc: a WebAssembly-programmable application delivery controller.
+//!
+//! Glossary, used everywhere: the *client* (downstream) connects to a
+//! *listener*; a *route* picks a *pool* of *members* (backends, upstream) and
+//! a chain of *policies*, whose *hooks* run at fixed points of each request.
 
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod health;
+pub mod policy;
+pub mod pool;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod serve;
+pub mod upstream;
+pub mod watch;

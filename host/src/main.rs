@@ -1,1 +1,82 @@
-fn main() {}
+//! The `adc` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "adc", version, about = "A WebAssembly-programmable application delivery controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration until SIGTERM or Ctrl-C (SIGHUP reloads it).
+    Run {
+        config: PathBuf,
+        /// Worker threads (default: the config's `workers`, else every core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a configuration and load its policies, without serving.
+    Check { config: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ADC_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match adc::serve::check(&config) {
+            Ok(()) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, workers } => {
+            let workers = workers
+                .or_else(|| adc::config::Config::load(&config).ok().map(|c| c.workers).filter(|w| *w > 0))
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .thread_name("adc-worker")
+                .build()
+                .expect("the tokio runtime starts");
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn run(config: PathBuf) -> ExitCode {
+    let running = match adc::serve::start(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { let _ = adc::serve::reload(&running.shared); }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("draining in-flight requests");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

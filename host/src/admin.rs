@@ -1,0 +1,124 @@
+//! The management interface, on its own address: metrics, liveness and
+//! readiness, a status document, member drain, reload.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::runtime::Shared;
+
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<String>, metrics: PrometheusHandle) {
+    let token = token.map(|t| Arc::<str>::from(format!("Bearer {t}")));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        let token = token.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = route(&shared, token.as_deref(), &metrics, &req);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().expect("static content types parse"));
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    answer(status, "application/json", format!("{value:#}\n"))
+}
+
+fn route(shared: &Arc<Shared>, token: Option<&str>, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/healthz" {
+        return answer(StatusCode::OK, "text/plain", "ok\n");
+    }
+    if let Some(token) = token {
+        let given = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(token) {
+            return answer(StatusCode::UNAUTHORIZED, "text/plain", "a bearer token is required\n");
+        }
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => answer(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        (&Method::GET, ["readyz"]) => answer(StatusCode::OK, "text/plain", "ready\n"),
+        (&Method::GET, ["status"]) => json(StatusCode::OK, status(shared)),
+        (&Method::POST, ["reload"]) => match crate::serve::reload(shared) {
+            Ok(()) => json(StatusCode::OK, json!({"reloaded": true})),
+            Err(e) => json(StatusCode::UNPROCESSABLE_ENTITY, json!({"reloaded": false, "error": format!("{e:#}")})),
+        },
+        (&Method::POST, ["pools", pool, "members", member, action @ ("drain" | "enable")]) => {
+            let rt = shared.runtime.load();
+            let Some(m) = rt.pools.get(*pool).and_then(|p| p.member(member)) else {
+                return json(StatusCode::NOT_FOUND, json!({"error": format!("no member {member:?} in pool {pool:?}")}));
+            };
+            m.enabled.store(*action == "enable", Ordering::Relaxed);
+            tracing::warn!(%pool, %member, action, "member changed by operator");
+            json(StatusCode::OK, json!({"pool": pool, "member": member, "enabled": *action == "enable"}))
+        }
+        _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+fn status(shared: &Shared) -> serde_json::Value {
+    let rt = shared.runtime.load();
+    let pools: serde_json::Map<String, serde_json::Value> = rt
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let members: Vec<_> = pool
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({
+                        "name": m.name,
+                        "address": m.address.to_string(),
+                        "weight": m.weight,
+                        "enabled": m.enabled.load(Ordering::Relaxed),
+                        "healthy": m.healthy.load(Ordering::Relaxed),
+                        "ejected_for_ms": pool.ejection_left(i).map(|d| d.as_millis() as u64),
+                        "active": m.active.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            (name.clone(), json!({"method": format!("{:?}", pool.method), "members": members}))
+        })
+        .collect();
+    let errors = shared.policy_errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let policies: serde_json::Map<String, serde_json::Value> = shared
+        .policies
+        .load()
+        .iter()
+        .map(|(name, p)| {
+            let loaded = p.loaded_at().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            (name.clone(), json!({"version": p.version(), "loaded_at_unix": loaded, "last_error": errors.get(name)}))
+        })
+        .collect();
+    let listeners: Vec<_> = rt.listeners.iter().map(|l| json!({"name": &*l.name, "routes": l.routes.len()})).collect();
+    json!({
+        "listeners": listeners,
+        "pools": pools,
+        "policies": policies,
+        "inflight": shared.inflight.load(Ordering::Relaxed),
+    })
+}

@@ -1,0 +1,321 @@
+//! A loaded policy version and its instances: one per worker thread, built
+//! on first use, dropped after a trap.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use wasmtime::component::Resource;
+use wasmtime::Store;
+
+use super::bindings::exports::adc::policy::handler::Guest;
+use super::bindings::{Policy, PolicyPre};
+use super::engine::{LoadError, EPOCH_TICK};
+use super::exchange::Exchange;
+use super::state::{Limiter, Shared, StoreState};
+use super::{Backend, Connection, Decision, Hook, Hooks, PolicyOptions, Registration, Transaction};
+
+/// Why a hook call failed. A fault is never seen by the policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("stopped after its CPU budget of {0:?}")]
+    CpuBudget(std::time::Duration),
+    #[error("stopped at its memory cap of {0} bytes")]
+    MemoryCap(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+}
+
+impl Fault {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::CpuBudget(_) => "cpu_budget",
+            Fault::MemoryCap(_) => "memory_cap",
+            Fault::Trap(_) => "trap",
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-hook metric handles, made once at load.
+struct HookMetrics {
+    calls: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// One version of a policy, ready to run on any worker.
+pub struct LoadedPolicy {
+    id: u64,
+    name: Arc<str>,
+    version: String,
+    pre: PolicyPre<StoreState>,
+    shared: Arc<Shared>,
+    options: PolicyOptions,
+    registration: Registration,
+    loaded_at: SystemTime,
+    hook_metrics: Vec<HookMetrics>,
+    labels: [(&'static str, String); 2],
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Instance {
+    policy_id: u64,
+    name: Arc<str>,
+    store: Store<StoreState>,
+    bindings: Policy,
+}
+
+thread_local! {
+    /// This worker's instances, a few at most: a Vec beats a map.
+    static INSTANCES: RefCell<Vec<Instance>> = const { RefCell::new(Vec::new()) };
+}
+
+impl LoadedPolicy {
+    pub(super) fn start(
+        name: &str,
+        version: String,
+        pre: PolicyPre<StoreState>,
+        shared: Arc<Shared>,
+        options: PolicyOptions,
+    ) -> Result<Arc<LoadedPolicy>, LoadError> {
+        let labels = [("policy", name.to_owned()), ("version", version.clone())];
+        let hook_metrics = Hook::ALL
+            .iter()
+            .map(|h| {
+                let labels = [("policy", name.to_owned()), ("version", version.clone()), ("hook", h.name().to_owned())];
+                HookMetrics {
+                    calls: metrics::counter!("adc_policy_hook_calls_total", &labels),
+                    duration: metrics::histogram!("adc_policy_hook_duration_seconds", &labels),
+                }
+            })
+            .collect();
+        let mut policy = LoadedPolicy {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: Arc::from(name),
+            version,
+            pre,
+            shared,
+            options,
+            registration: Registration {
+                hooks: Hooks::empty(),
+                request_body_limit: 0,
+                response_body_limit: 0,
+            },
+            loaded_at: SystemTime::now(),
+            hook_metrics,
+            labels,
+        };
+        // A first instance proves that start-up works; the worker that loads
+        // the policy keeps it.
+        let instance = policy.instantiate()?;
+        policy.registration = instance.1;
+        let policy = Arc::new(policy);
+        let mut instance = instance.0;
+        instance.policy_id = policy.id;
+        INSTANCES.with(|cell| cell.borrow_mut().push(instance));
+        Ok(policy)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn hooks(&self) -> Hooks {
+        self.registration.hooks
+    }
+
+    pub fn implements(&self, hook: Hook) -> bool {
+        self.registration.hooks.contains(hook.flag())
+    }
+
+    pub fn registration(&self) -> Registration {
+        self.registration
+    }
+
+    pub fn fail_open(&self) -> bool {
+        self.options.fail_open
+    }
+
+    fn new_store(&self) -> Store<StoreState> {
+        let state = StoreState {
+            shared: self.shared.clone(),
+            exchange: None,
+            limiter: Limiter { memory_cap: self.options.memory_cap, memory_denied: false },
+            started: Instant::now(),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+
+    fn budget_ticks(&self) -> u64 {
+        let ticks = self.options.cpu_budget.as_nanos() / EPOCH_TICK.as_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+
+    fn fault(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> Fault {
+        if store.data().limiter.memory_denied {
+            Fault::MemoryCap(self.options.memory_cap)
+        } else if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+            Fault::CpuBudget(self.options.cpu_budget)
+        } else {
+            Fault::Trap(format!("{error:#}"))
+        }
+    }
+
+    fn instantiate(&self) -> Result<(Instance, Registration), LoadError> {
+        let mut store = self.new_store();
+        store.set_epoch_deadline(self.budget_ticks());
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
+        };
+        store.set_epoch_deadline(self.budget_ticks());
+        let registration = match bindings.adc_policy_handler().call_init(&mut store, &self.options.settings_json) {
+            Ok(Ok(r)) => r,
+            Ok(Err(message)) => return Err(LoadError::Init(message)),
+            Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
+        };
+        let instance = Instance { policy_id: self.id, name: self.name.clone(), store, bindings };
+        Ok((instance, registration))
+    }
+
+    /// Run `f` on this worker's instance, building it if needed, with the
+    /// exchange lent to the store for the call.
+    fn call<R>(
+        &self,
+        hook: Hook,
+        exchange: Option<Box<Exchange>>,
+        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> (Option<Box<Exchange>>, Result<R, Fault>) {
+        INSTANCES.with(|cell| {
+            let mut instances = cell.borrow_mut();
+            let index = match instances.iter().position(|i| i.policy_id == self.id) {
+                Some(index) => index,
+                None => {
+                    // A newer version replaces an older one on this worker.
+                    instances.retain(|i| i.name != self.name);
+                    match self.instantiate() {
+                        Ok((instance, _)) => {
+                            instances.push(instance);
+                            instances.len() - 1
+                        }
+                        Err(LoadError::Trap(fault)) => return (exchange, Err(self.count_fault(hook, fault))),
+                        Err(e) => {
+                            let fault = Fault::Trap(e.to_string());
+                            return (exchange, Err(self.count_fault(hook, fault)));
+                        }
+                    }
+                }
+            };
+
+            let metrics = &self.hook_metrics[hook as usize];
+            metrics.calls.increment(1);
+            let started = Instant::now();
+            let instance = &mut instances[index];
+            instance.store.data_mut().exchange = exchange;
+            instance.store.set_epoch_deadline(self.budget_ticks());
+            let result = f(instance.bindings.adc_policy_handler(), &mut instance.store);
+            let exchange = instance.store.data_mut().exchange.take();
+            metrics.duration.record(started.elapsed().as_secs_f64());
+
+            match result {
+                Ok(r) => (exchange, Ok(r)),
+                Err(e) => {
+                    let fault = self.fault(&instance.store, &e);
+                    instances.swap_remove(index);
+                    (exchange, Err(self.count_fault(hook, fault)))
+                }
+            }
+        })
+    }
+
+    fn count_fault(&self, hook: Hook, fault: Fault) -> Fault {
+        metrics::counter!("adc_policy_faults_total", &[
+            ("policy", self.name.to_string()),
+            ("version", self.version.clone()),
+            ("kind", fault.kind().to_owned()),
+        ])
+        .increment(1);
+        tracing::warn!(policy = %self.name, version = %self.version, hook = hook.name(), "policy {fault}; its instance is replaced");
+        fault
+    }
+
+    pub fn on_connect(&self, conn: &Connection) -> Result<Decision, Fault> {
+        self.call(Hook::Connect, None, |g, s| g.call_on_connect(s, conn)).1
+    }
+
+    pub fn on_request_headers(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::RequestHeaders, ex, |g, s| g.call_on_request_headers(s, request()))
+    }
+
+    pub fn on_request_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::RequestBody, ex, |g, s| g.call_on_request_body(s, request()))
+    }
+
+    pub fn on_backend_selected(&self, ex: Box<Exchange>, backend: &Backend) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::BackendSelected, ex, |g, s| g.call_on_backend_selected(s, request(), backend))
+    }
+
+    pub fn on_backend_failed(
+        &self,
+        ex: Box<Exchange>,
+        backend: &Backend,
+        reason: &str,
+    ) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::BackendFailed, ex, |g, s| g.call_on_backend_failed(s, request(), backend, reason))
+    }
+
+    pub fn on_response_headers(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::ResponseHeaders, ex, |g, s| g.call_on_response_headers(s, request(), response()))
+    }
+
+    pub fn on_response_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::ResponseBody, ex, |g, s| g.call_on_response_body(s, request(), response()))
+    }
+
+    pub fn on_end(&self, ex: Box<Exchange>, summary: &Transaction) -> (Box<Exchange>, Result<(), Fault>) {
+        self.call_exchange(Hook::End, ex, |g, s| g.call_on_end(s, request(), summary))
+    }
+
+    fn call_exchange<R>(
+        &self,
+        hook: Hook,
+        ex: Box<Exchange>,
+        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> (Box<Exchange>, Result<R, Fault>) {
+        let (ex, result) = self.call(hook, Some(ex), f);
+        (ex.expect("the store hands the exchange back after every call"), result)
+    }
+
+    /// Labels naming this policy version, for metrics of callers.
+    pub fn labels(&self) -> &[(&'static str, String); 2] {
+        &self.labels
+    }
+}
+
+fn request() -> Resource<super::RequestRef> {
+    Resource::new_borrow(0)
+}
+
+fn response() -> Resource<super::ResponseRef> {
+    Resource::new_borrow(1)
+}

@@ -1,0 +1,319 @@
+//! Pools of backend members and how a member is chosen.
+//!
+//! Member state (health, drain, ejection, requests in flight) is atomics:
+//! choosing a member takes no lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Method};
+
+/// One backend server of a pool.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// Taking new requests (operators drain a member by clearing it).
+    pub enabled: AtomicBool,
+    /// Passing active health checks (true when the pool has none).
+    pub healthy: AtomicBool,
+    /// Ejected by passive checks until this instant (ms since pool start).
+    ejected_until: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Requests in flight.
+    pub active: AtomicU32,
+    pub selected: metrics::Counter,
+}
+
+impl Member {
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+            && self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
+/// Which request value a consistent-hash pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub method: Method,
+    pub hash_key: Option<HashKey>,
+    pub members: Vec<Arc<Member>>,
+    pub health: Option<config::Health>,
+    passive: config::Passive,
+    /// Weighted round robin: member indices, each repeated by weight and
+    /// interleaved.
+    schedule: Vec<usize>,
+    /// Consistent hash: (point, member index), sorted by point.
+    ring: Vec<(u64, usize)>,
+    cursor: AtomicUsize,
+    epoch: Instant,
+}
+
+/// Virtual nodes per unit of weight on the hash ring.
+const RING_POINTS: u32 = 160;
+
+fn hash64(bytes: &[u8]) -> u64 {
+    // FNV-1a then a finalising mix: stable across runs and processes, which
+    // a consistent hash needs (the standard hasher is seeded per process).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+impl Pool {
+    pub fn new(name: &str, c: config::Pool) -> Pool {
+        let members: Vec<Arc<Member>> = c
+            .members
+            .iter()
+            .map(|m| {
+                let member_name = m.display_name();
+                Arc::new(Member {
+                    selected: metrics::counter!("adc_lb_selections_total", "pool" => name.to_owned(), "member" => member_name.clone()),
+                    name: member_name,
+                    address: m.address,
+                    weight: m.weight,
+                    enabled: AtomicBool::new(m.enabled),
+                    healthy: AtomicBool::new(true),
+                    ejected_until: AtomicU64::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    active: AtomicU32::new(0),
+                })
+            })
+            .collect();
+
+        // Interleave by weight: at each step pick every member whose share
+        // so far is behind its weight (smooth weighted round robin, unrolled).
+        let total: u32 = members.iter().map(|m| m.weight).sum();
+        let mut schedule = Vec::with_capacity(total as usize);
+        let mut current: Vec<i64> = vec![0; members.len()];
+        for _ in 0..total {
+            for (i, m) in members.iter().enumerate() {
+                current[i] += i64::from(m.weight);
+            }
+            if let Some((best, _)) = current.iter().enumerate().max_by_key(|(i, c)| (**c, usize::MAX - i)) {
+                current[best] -= i64::from(total);
+                schedule.push(best);
+            }
+        }
+
+        let mut ring = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            for v in 0..RING_POINTS * m.weight.max(1) {
+                ring.push((hash64(format!("{}#{v}", m.name).as_bytes()), i));
+            }
+        }
+        ring.sort_unstable();
+
+        let hash_key = c.hash_on.as_ref().map(|h| {
+            let h = h.get_ref();
+            if let Some(name) = h.strip_prefix("header:") {
+                HashKey::Header(http::HeaderName::from_bytes(name.as_bytes()).unwrap_or(http::header::HOST))
+            } else if let Some(name) = h.strip_prefix("cookie:") {
+                HashKey::Cookie(name.to_owned())
+            } else {
+                HashKey::ClientIp
+            }
+        });
+
+        Pool {
+            name: name.to_owned(),
+            method: c.method,
+            hash_key,
+            members,
+            health: c.health,
+            passive: c.passive,
+            schedule,
+            ring,
+            cursor: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Arc<Member>> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn any_available(&self) -> bool {
+        let now = self.now_ms();
+        self.members.iter().any(|m| m.available(now))
+    }
+
+    /// Choose a member, skipping `exclude` (members already tried).
+    /// `hash` is the request's hash key value, for consistent hashing.
+    pub fn select(&self, hash: Option<&[u8]>, exclude: &[usize]) -> Option<usize> {
+        let now = self.now_ms();
+        let ok = |i: usize| self.members[i].available(now) && !exclude.contains(&i);
+        let n = self.members.len();
+        let chosen = match self.method {
+            Method::RoundRobin => {
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+            }
+            Method::Weighted => {
+                let len = self.schedule.len().max(1);
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                (0..len).map(|k| self.schedule[(start + k) % len]).find(|&i| ok(i))
+            }
+            Method::LeastConnections => {
+                // Ties go round robin, so an idle pool still spreads load.
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| ok(i))
+                    .min_by_key(|&i| {
+                        let m = &self.members[i];
+                        // Compare active/weight without division.
+                        u64::from(m.active.load(Ordering::Relaxed)) * 1_000_000 / u64::from(m.weight.max(1))
+                    })
+            }
+            Method::PowerOfTwo => {
+                let candidates: Vec<usize> = (0..n).filter(|&i| ok(i)).collect();
+                match candidates.len() {
+                    0 => None,
+                    1 => Some(candidates[0]),
+                    len => {
+                        let a = candidates[rand::random_range(0..len)];
+                        let mut b = candidates[rand::random_range(0..len - 1)];
+                        if b == a {
+                            b = candidates[len - 1];
+                        }
+                        let load = |i: usize| self.members[i].active.load(Ordering::Relaxed);
+                        Some(if load(b) < load(a) { b } else { a })
+                    }
+                }
+            }
+            Method::ConsistentHash => match hash {
+                Some(key) if !self.ring.is_empty() => {
+                    let point = hash64(key);
+                    let start = self.ring.partition_point(|(p, _)| *p < point);
+                    (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1).find(|&i| ok(i))
+                }
+                _ => {
+                    let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                    (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+                }
+            },
+        };
+        if let Some(i) = chosen {
+            self.members[i].selected.increment(1);
+        }
+        chosen
+    }
+
+    /// A request to member `i` succeeded.
+    pub fn record_success(&self, i: usize) {
+        self.members[i].consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A request to member `i` failed (connect error, timeout, or a 5xx when
+    /// counted): eject it after enough failures in a row.
+    pub fn record_failure(&self, i: usize) {
+        let m = &self.members[i];
+        let failures = m.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.passive.consecutive_failures > 0 && failures >= self.passive.consecutive_failures {
+            let until = self.now_ms() + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
+            m.ejected_until.store(until, Ordering::Relaxed);
+            m.consecutive_failures.store(0, Ordering::Relaxed);
+            metrics::counter!("adc_member_ejections_total", "pool" => self.name.clone(), "member" => m.name.clone()).increment(1);
+            tracing::warn!(pool = %self.name, member = %m.name, failures, cooldown = ?self.passive.cooldown, "member ejected after consecutive failures");
+        }
+    }
+
+    pub fn counts_5xx(&self) -> bool {
+        self.passive.count_5xx
+    }
+
+    pub fn ejected(&self, i: usize) -> bool {
+        self.members[i].ejected_until.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    pub fn ejection_left(&self, i: usize) -> Option<Duration> {
+        let until = self.members[i].ejected_until.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(method: &str, weights: &[u32]) -> Pool {
+        let members: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{{ name = \"m{i}\", address = \"127.0.0.1:{}\", weight = {w} }}", 9000 + i))
+            .collect();
+        let text = format!("method = \"{method}\"\nmembers = [{}]", members.join(", "));
+        Pool::new("p", toml::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn weighted_round_robin_honours_weights_and_interleaves() {
+        let p = pool("weighted", &[3, 1]);
+        let picks: Vec<usize> = (0..8).map(|_| p.select(None, &[]).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
+        assert_ne!(picks[..3], [0, 0, 0], "weights are interleaved, not batched: {picks:?}");
+    }
+
+    #[test]
+    fn least_connections_picks_the_idlest_member() {
+        let p = pool("least_connections", &[1, 1, 1]);
+        p.members[0].active.store(5, Ordering::Relaxed);
+        p.members[2].active.store(1, Ordering::Relaxed);
+        assert_eq!(p.select(None, &[]), Some(1));
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_little_when_a_member_leaves() {
+        let p = pool("consistent_hash", &[1, 1, 1, 1]);
+        let keys: Vec<String> = (0..1000).map(|i| format!("client-{i}")).collect();
+        let before: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
+        let again: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
+        assert_eq!(before, again);
+        p.members[3].enabled.store(false, Ordering::Relaxed);
+        let after: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        let on_removed = before.iter().filter(|&&b| b == 3).count();
+        assert_eq!(moved, on_removed, "only keys of the removed member move");
+        assert!((150..350).contains(&on_removed), "spread is even: {on_removed}");
+    }
+
+    #[test]
+    fn ejection_follows_consecutive_failures_and_success_resets_the_count() {
+        let p = pool("round_robin", &[1, 1]);
+        for _ in 0..4 {
+            p.record_failure(0);
+        }
+        p.record_success(0);
+        for _ in 0..4 {
+            p.record_failure(0);
+        }
+        assert!(!p.ejected(0));
+        p.record_failure(0);
+        assert!(p.ejected(0));
+        assert_eq!(p.select(None, &[]), Some(1));
+        assert_eq!(p.select(None, &[]), Some(1));
+    }
+}

@@ -1,0 +1,518 @@
+//! The HTTP request pipeline: route, run the policy chain, choose a member,
+//! forward with retries, run the response hooks, answer.
+//!
+//! Every listener kind (cleartext HTTP/1.1 and HTTP/2 here; TLS and HTTP/3
+//! when they come) hands its requests to [`handle`].
+
+mod hop;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::policy::{Backend, Decision, Exchange, Hook, PolicyRef, Reply, Transaction};
+use crate::pool::{HashKey, Pool};
+use crate::runtime::{RouteRt, Shared};
+use crate::upstream;
+
+/// The error of a body in the pipeline. A named type rather than a boxed
+/// trait object: hyper's bounds on boxed errors defeat the compiler's `Send`
+/// check of the request future.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BoxError(#[from] pub Box<dyn std::error::Error + Send + Sync>);
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Where the connection came from.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// The client connection is closed without an answer (a policy's `reject`).
+#[derive(Debug, thiserror::Error)]
+#[error("rejected by policy")]
+pub struct Rejected;
+
+fn box_error(e: hyper::Error) -> BoxError {
+    BoxError(Box::new(e))
+}
+
+/// The future of one request, boxed so that its `Send` bound is checked here
+/// rather than through hyper's generic service bounds.
+pub type HandleFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Rejected>> + Send>>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// What the chain decided for the request.
+enum Flow {
+    Continue,
+    Answer(Response<Body>),
+    Reject,
+}
+
+fn reply_response(reply: Reply) -> Response<Body> {
+    let mut response = Response::new(full(reply.body));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for h in reply.headers {
+        if adc_sdk::text::is_managed_header(&h.name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+fn redirect_response(status: u16, location: &str) -> Response<Body> {
+    let status = match status {
+        301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+        _ => StatusCode::FOUND,
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Count a decision a hook may not return; it is taken as `continue`.
+fn misplaced(policy: &PolicyRef, hook: Hook) {
+    metrics::counter!("adc_policy_misplaced_decisions_total", "policy" => policy.name().to_owned(), "hook" => hook.name())
+        .increment(1);
+    tracing::warn!(policy = policy.name(), hook = hook.name(), "decision not allowed in this hook; continuing");
+}
+
+/// State of one transaction as it moves through the pipeline.
+struct Txn {
+    chain: Vec<PolicyRef>,
+    pool: String,
+    member: Option<String>,
+    ex: Box<Exchange>,
+    started: Instant,
+}
+
+impl Txn {
+    /// Run one hook across the chain; a terminal decision stops the chain.
+    fn run(&mut self, hook: Hook, backend: Option<&Backend>, reason: &str) -> Result<Flow, ProxyError> {
+        for i in 0..self.chain.len() {
+            let policy = self.chain[i].clone();
+            if !policy.implements(hook) {
+                continue;
+            }
+            let ex = std::mem::replace(&mut self.ex, placeholder());
+            let (ex, result) = match (hook, backend) {
+                (Hook::RequestHeaders, _) => policy.on_request_headers(ex),
+                (Hook::RequestBody, _) => policy.on_request_body(ex),
+                (Hook::BackendSelected, Some(b)) => policy.on_backend_selected(ex, b),
+                (Hook::BackendFailed, Some(b)) => policy.on_backend_failed(ex, b, reason),
+                (Hook::ResponseHeaders, _) => policy.on_response_headers(ex),
+                (Hook::ResponseBody, _) => policy.on_response_body(ex),
+                _ => (ex, Ok(Decision::Continue)),
+            };
+            self.ex = ex;
+            let decision = match result {
+                Ok(d) => d,
+                Err(_) if policy.fail_open() => continue,
+                Err(fault) => return Err(ProxyError::Policy(policy.name().to_owned(), fault.to_string())),
+            };
+            let response_phase = matches!(hook, Hook::ResponseHeaders | Hook::ResponseBody);
+            match decision {
+                Decision::Continue => {}
+                Decision::Respond(reply) => return Ok(Flow::Answer(reply_response(reply))),
+                Decision::Redirect(r) if !response_phase => {
+                    return Ok(Flow::Answer(redirect_response(r.status, &r.location)))
+                }
+                Decision::Route(r) if !response_phase => {
+                    self.pool = r.pool;
+                    self.member = r.member;
+                }
+                Decision::Reject if matches!(hook, Hook::RequestHeaders) => return Ok(Flow::Reject),
+                _ => misplaced(&policy, hook),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn wants(&self, hook: Hook) -> bool {
+        self.chain.iter().any(|p| p.implements(hook))
+    }
+}
+
+/// An empty exchange that stands in while the real one is lent to a policy.
+fn placeholder() -> Box<Exchange> {
+    let (parts, ()) = Request::new(()).into_parts();
+    Box::new(Exchange::new(parts, IpAddr::from([0, 0, 0, 0]), false))
+}
+
+fn route_for<'a>(routes: &'a [RouteRt], host: Option<&str>, path: &str) -> Option<&'a RouteRt> {
+    routes.iter().find(|r| r.matches(host, path))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn hash_value(pool: &Pool, ex: &Exchange) -> Option<Vec<u8>> {
+    match pool.hash_key.as_ref()? {
+        HashKey::ClientIp => Some(ex.client_ip.to_string().into_bytes()),
+        HashKey::Header(name) => ex.request.headers.get(name).map(|v| v.as_bytes().to_vec()),
+        HashKey::Cookie(name) => crate::policy::cookie(&ex.request.headers, name).map(String::into_bytes),
+    }
+}
+
+/// Serve one client request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Rejected> {
+    let started = Instant::now();
+    shared.inflight.fetch_add(1, Ordering::Relaxed);
+    let version = req.version();
+    let result = pipeline(&shared, &conn, req, started).await;
+    shared.inflight.fetch_sub(1, Ordering::Relaxed);
+    let response = match result {
+        Ok(r) => r,
+        Err(Pipeline::Reject) => return Err(Rejected),
+        Err(Pipeline::Answer(r)) => r,
+        Err(Pipeline::Error(e)) => e.into_response(),
+    };
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("adc_requests_total", "listener" => conn.listener.to_string(), "class" => class).increment(1);
+    metrics::histogram!("adc_request_duration_seconds", "listener" => conn.listener.to_string())
+        .record(started.elapsed().as_secs_f64());
+    let _ = version;
+    Ok(response)
+}
+
+enum Pipeline {
+    Reject,
+    /// A policy answered from a backend hook.
+    Answer(Response<Body>),
+    Error(ProxyError),
+}
+
+impl From<ProxyError> for Pipeline {
+    fn from(e: ProxyError) -> Self {
+        Pipeline::Error(e)
+    }
+}
+
+async fn pipeline(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body>, Pipeline> {
+    let rt = shared.runtime.load_full();
+    let listener = rt.listener(&conn.listener).ok_or_else(|| ProxyError::BadRequest("listener gone".into()))?;
+
+    let (mut parts, body) = req.into_parts();
+    let upgrade = hop::upgrade_requested(&parts);
+    let client_ip = hop::prepare_request(&mut parts, conn, rt.limits.trusted_hops);
+    let mut ex = Box::new(Exchange::new(parts, client_ip, conn.tls));
+
+    let host = ex.host();
+    let path = adc_sdk::text::normalize_path(ex.request.uri.path());
+    let route = route_for(&listener.routes, host.as_deref(), &path)
+        .ok_or_else(|| ProxyError::NoRoute { host: host.clone().unwrap_or_default(), path: path.clone() })?;
+    // The forwarded path is the normalised one: policies match what the
+    // backend receives.
+    if path != ex.request.uri.path() {
+        let target = match ex.request.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        ex.set_uri(&target).map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+    }
+
+    let chain: Vec<PolicyRef> = {
+        let policies = shared.policies.load();
+        route.policies.iter().filter_map(|n| policies.get(n).cloned()).collect()
+    };
+    let mut txn = Txn { chain, pool: route.pool.clone(), member: None, ex, started };
+
+    match txn.run(Hook::RequestHeaders, None, "")? {
+        Flow::Continue => {}
+        Flow::Answer(r) => return Ok(finish(txn, r)),
+        Flow::Reject => return Err(Pipeline::Reject),
+    }
+
+    // The request body: buffered only when a policy asks for it.
+    let mut body: Option<Body> = Some(body.map_err(box_error).boxed_unsync());
+    if txn.wants(Hook::RequestBody) {
+        let limit = txn.chain.iter().map(|p| p.registration().request_body_limit as usize).max().unwrap_or(0);
+        let incoming = body.take().expect("body is present before buffering");
+        let bytes = collect_limited(incoming, limit).await?;
+        txn.ex.request_body = Some(bytes);
+        let flow = txn.run(Hook::RequestBody, None, "")?;
+        let bytes = txn.ex.request_body.take().unwrap_or_default();
+        hop::set_content_length(&mut txn.ex.request.headers, bytes.len());
+        body = Some(full(bytes));
+        match flow {
+            Flow::Continue => {}
+            Flow::Answer(r) => return Ok(finish(txn, r)),
+            Flow::Reject => return Err(Pipeline::Reject),
+        }
+    }
+
+    let response = match forward(&rt, &mut txn, body.unwrap_or_else(empty), upgrade).await {
+        Ok(r) => r,
+        Err(Pipeline::Answer(r)) => return Ok(finish(txn, r)),
+        Err(e) => return Err(e),
+    };
+    let (mut parts, upstream_body) = response.into_parts();
+    hop::strip_response(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    txn.ex.response = Some(parts);
+
+    match txn.run(Hook::ResponseHeaders, None, "")? {
+        Flow::Answer(r) => return Ok(finish(txn, r)),
+        Flow::Continue | Flow::Reject => {}
+    }
+
+    let mut body = upstream_body;
+    if txn.wants(Hook::ResponseBody) {
+        let limit = txn.chain.iter().map(|p| p.registration().response_body_limit as usize).max().unwrap_or(0);
+        let known = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
+        if known.is_some_and(|n| n <= limit) {
+            let bytes = body.collect().await.map_err(|e| ProxyError::Upstream("response body".into(), e.to_string()))?.to_bytes();
+            txn.ex.response_body = Some(bytes);
+            let flow = txn.run(Hook::ResponseBody, None, "")?;
+            let bytes = txn.ex.response_body.take().unwrap_or_default();
+            if let Some(parts) = txn.ex.response.as_mut() {
+                hop::set_content_length(&mut parts.headers, bytes.len());
+            }
+            body = full(bytes);
+            if let Flow::Answer(r) = flow {
+                return Ok(finish(txn, r));
+            }
+        }
+    }
+
+    let parts = txn.ex.response.take().expect("response parts are in the exchange until sent");
+    let response = Response::from_parts(parts, body);
+    Ok(finish(txn, response))
+}
+
+/// Run end hooks (when a policy has one) and hand the response over.
+fn finish(mut txn: Txn, response: Response<Body>) -> Response<Body> {
+    if txn.wants(Hook::End) {
+        let summary = Transaction {
+            status: response.status().as_u16(),
+            duration_ns: u64::try_from(txn.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            upstream_ns: None,
+            backend: None,
+            error: None,
+        };
+        for policy in txn.chain.clone() {
+            if policy.implements(Hook::End) {
+                let ex = std::mem::replace(&mut txn.ex, placeholder());
+                let (ex, _) = policy.on_end(ex, &summary);
+                txn.ex = ex;
+            }
+        }
+    }
+    response
+}
+
+async fn collect_limited(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() || e.downcast_ref::<BoxError>().is_some_and(|b| b.0.is::<http_body_util::LengthLimitError>()) => Err(ProxyError::BodyTooLarge(limit)),
+        Err(e) => Err(ProxyError::BadRequest(format!("reading request body: {e}"))),
+    }
+}
+
+/// Choose a member and send the request, retrying on another member when
+/// that is safe: the request was never sent (connect failure, a pooled
+/// connection found closed), or it is idempotent with no body.
+async fn forward(
+    rt: &crate::runtime::Runtime,
+    txn: &mut Txn,
+    body: Body,
+    upgrade: bool,
+) -> Result<Response<Body>, Pipeline> {
+    let limits = &rt.limits;
+    let mut body = Some(body);
+    let body_is_empty = body.as_ref().is_some_and(|b| b.is_end_stream());
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempts = 0;
+    let max_attempts = limits.retries + 1;
+    let mut last_error: Option<ProxyError> = None;
+
+    while attempts < max_attempts {
+        let pool = rt.pools.get(&txn.pool).ok_or_else(|| ProxyError::UnknownPool(txn.pool.clone()))?.clone();
+        let hash = hash_value(&pool, &txn.ex);
+        let now = pool.now_ms();
+        let wanted = txn
+            .member
+            .as_deref()
+            .and_then(|m| pool.members.iter().position(|x| x.name == m))
+            .filter(|&i| pool.members[i].available(now) && !tried.contains(&i));
+        let Some(index) = wanted.or_else(|| pool.select(hash.as_deref(), &tried)) else {
+            return Err(last_error.unwrap_or_else(|| ProxyError::NoHealthyMember(pool.name.clone())).into());
+        };
+        let member = pool.members[index].clone();
+        tried.push(index);
+        attempts += 1;
+        let backend = Backend { pool: pool.name.clone(), member: member.name.clone(), address: member.address.to_string() };
+
+        if txn.wants(Hook::BackendSelected) {
+            let before = (txn.pool.clone(), txn.member.clone());
+            match txn.run(Hook::BackendSelected, Some(&backend), "")? {
+                Flow::Answer(r) => return Err(Pipeline::Answer(r)),
+                Flow::Reject => return Err(Pipeline::Reject),
+                Flow::Continue => {}
+            }
+            if (txn.pool.clone(), txn.member.clone()) != before {
+                tried.clear();
+                attempts -= 1;
+                continue;
+            }
+        }
+
+        member.active.fetch_add(1, Ordering::Relaxed);
+        let _active = ActiveGuard(member.clone());
+        let mut conn = match upstream::checkout(member.address, limits.connect_timeout, limits.idle_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                pool.record_failure(index);
+                last_error = Some(ProxyError::Connect(e.to_string()));
+                if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
+                    return Err(flow);
+                }
+                continue;
+            }
+        };
+
+        let request = upstream_request(&txn.ex, body.take().unwrap_or_else(empty), upgrade);
+        let sent = tokio::time::timeout(limits.header_timeout, conn.sender.try_send_request(request)).await;
+        match sent {
+            Ok(Ok(mut response)) => {
+                if response.status().is_server_error() && pool.counts_5xx() {
+                    pool.record_failure(index);
+                } else {
+                    pool.record_success(index);
+                }
+                if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok(hop::tunnel(&mut txn.ex, &mut response).map(|_| empty()));
+                }
+                let max_idle = limits.max_idle_per_member;
+                return Ok(response.map(|b| upstream::ReturnOnEnd::new(b, conn, max_idle).boxed_unsync()));
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let reason = e.error().to_string();
+                if let Some(req) = unsent {
+                    // Never sent: the pooled connection was closed. Safe to
+                    // try again, for any method.
+                    body = Some(req.into_body());
+                    tried.pop();
+                    attempts -= usize::from(conn.reused);
+                    last_error = Some(ProxyError::Upstream(backend.address.clone(), reason));
+                    continue;
+                }
+                pool.record_failure(index);
+                last_error = Some(ProxyError::Upstream(backend.address.clone(), reason.clone()));
+                if let Some(flow) = backend_failed(txn, &backend, &reason)? {
+                    return Err(flow);
+                }
+                if !(is_idempotent(&txn.ex.request.method) && body_is_empty) {
+                    break;
+                }
+                body = Some(empty());
+            }
+            Err(_) => {
+                pool.record_failure(index);
+                let e = ProxyError::UpstreamTimeout(backend.address.clone(), limits.header_timeout);
+                if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
+                    return Err(flow);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProxyError::NoHealthyMember(txn.pool.clone())).into())
+}
+
+/// Run the backend-failed hooks; `Some` when a policy answered or rejected.
+fn backend_failed(txn: &mut Txn, backend: &Backend, reason: &str) -> Result<Option<Pipeline>, Pipeline> {
+    if !txn.wants(Hook::BackendFailed) {
+        return Ok(None);
+    }
+    let before = (txn.pool.clone(), txn.member.clone());
+    match txn.run(Hook::BackendFailed, Some(backend), reason)? {
+        Flow::Answer(r) => Ok(Some(Pipeline::Answer(r))),
+        Flow::Reject => Ok(Some(Pipeline::Reject)),
+        Flow::Continue => {
+            let _ = before;
+            Ok(None)
+        }
+    }
+}
+
+/// Keeps a member's in-flight count while a request is with it.
+struct ActiveGuard(Arc<crate::pool::Member>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request as sent to a backend: origin-form target, HTTP/1.1.
+fn upstream_request(ex: &Exchange, body: Body, upgrade: bool) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = ex.request.method.clone();
+    let target = ex.request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    *request.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    headers.reserve(ex.request.headers.len() + 1);
+    for (name, value) in &ex.request.headers {
+        headers.append(name, value.clone());
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = ex.request.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    request
+}

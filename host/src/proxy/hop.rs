@@ -1,0 +1,152 @@
+//! What a proxy owes HTTP: hop-by-hop headers stay on their hop, the client
+//! address travels in X-Forwarded-For and Forwarded, upgrades become tunnels.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, Version};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::ConnInfo;
+use crate::policy::Exchange;
+
+/// Headers that belong to one connection (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A WebSocket-style upgrade: HTTP/1.1 GET with `Connection: upgrade` and an
+/// `Upgrade` header.
+pub fn upgrade_requested(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && parts.headers.contains_key(header::UPGRADE)
+        && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Remove hop-by-hop headers, and every header `Connection` names.
+/// `keep_upgrade` keeps `Upgrade` for a tunnel.
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && *name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// Make a client request ready to forward and return the client address:
+/// the peer, or with `trusted_hops` proxies in front, the address that many
+/// hops from the right of X-Forwarded-For.
+pub fn prepare_request(parts: &mut http::request::Parts, conn: &ConnInfo, trusted_hops: usize) -> IpAddr {
+    let upgrade = upgrade_requested(parts);
+    strip(&mut parts.headers, upgrade);
+
+    let peer = conn.peer.ip();
+    let forwarded: Vec<IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let client = if trusted_hops == 0 {
+        peer
+    } else {
+        // The peer is the nearest trusted proxy; each further trusted hop
+        // vouches for the entry to its left.
+        forwarded.iter().rev().nth(trusted_hops - 1).copied().unwrap_or_else(|| forwarded.first().copied().unwrap_or(peer))
+    };
+
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted_hops > 0 => format!("{prior}, {peer}"),
+        _ => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.remove("x-forwarded-for");
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    let proto = if conn.tls { "https" } else { "http" };
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    let node = match peer {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!(";host=\"{h}\"")).unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}{host}")) {
+        parts.headers.append(header::FORWARDED, v);
+    }
+
+    // HTTP/2 clients send :authority instead of Host; backends get a Host.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    client
+}
+
+/// Hop-by-hop headers never reach the client from a backend.
+pub fn strip_response(headers: &mut HeaderMap, switching_protocols: bool) {
+    strip(headers, switching_protocols);
+    if switching_protocols {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+pub fn set_content_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// Join the client's and the backend's upgraded connections into a two-way
+/// tunnel, and return the 101 answer for the client.
+pub fn tunnel(ex: &mut Exchange, response: &mut Response<Incoming>) -> Response<Empty<bytes::Bytes>> {
+    let client = ex.request.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let backend = hyper::upgrade::on(&mut *response);
+    tokio::spawn(async move {
+        let Some(client) = client else { return };
+        match tokio::try_join!(client, backend) {
+            Ok((c, b)) => {
+                let mut c = TokioIo::new(c);
+                let mut b = TokioIo::new(b);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                    tracing::debug!(error = %e, "tunnel closed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut answer = Response::new(Empty::new());
+    *answer.status_mut() = response.status();
+    *answer.headers_mut() = response.headers().clone();
+    answer
+}

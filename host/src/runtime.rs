@@ -1,0 +1,160 @@
+//! The running configuration: listeners with their routes, pools, and the
+//! current version of every policy. A reload builds a new one and swaps it
+//! in; requests in flight keep the one they started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config};
+use crate::policy::{Engine, LoadError, MemberStatus, PolicyOptions, PolicyRef, PoolDirectory};
+use crate::pool::Pool;
+
+#[derive(Debug)]
+pub struct RouteRt {
+    pub host: Option<String>,
+    pub prefix: String,
+    pub pool: String,
+    pub policies: Vec<String>,
+}
+
+impl RouteRt {
+    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(want), Some(have)) => match want.strip_prefix("*.") {
+                Some(suffix) => have.len() > suffix.len() + 1 && have.ends_with(suffix) && have.as_bytes()[have.len() - suffix.len() - 1] == b'.',
+                None => want == have,
+            },
+            (Some(_), None) => false,
+        };
+        host_ok && path.starts_with(&self.prefix)
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerRt {
+    pub name: Arc<str>,
+    pub routes: Vec<RouteRt>,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub listeners: Vec<ListenerRt>,
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub limits: config::Limits,
+}
+
+impl Runtime {
+    pub fn listener(&self, name: &str) -> Option<&ListenerRt> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// What every worker shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub policies: ArcSwap<HashMap<String, PolicyRef>>,
+    pub engine: Arc<Engine>,
+    pub inflight: AtomicUsize,
+    pub config_path: PathBuf,
+    /// Per policy: the last load error, for the status document.
+    pub policy_errors: std::sync::Mutex<HashMap<String, String>>,
+    /// The pools as policies see them.
+    pub directory: Arc<dyn PoolDirectory>,
+}
+
+/// The pools as policies see them, read from the current runtime.
+#[derive(Debug)]
+pub struct Directory(pub std::sync::Weak<Shared>);
+
+impl PoolDirectory for Directory {
+    fn names(&self) -> Vec<String> {
+        self.0.upgrade().map(|s| s.runtime.load().pools.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn members(&self, pool: &str) -> Option<Vec<MemberStatus>> {
+        let shared = self.0.upgrade()?;
+        let rt = shared.runtime.load();
+        let pool = rt.pools.get(pool)?;
+        let now = pool.now_ms();
+        Some(
+            pool.members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| MemberStatus {
+                    name: m.name.clone(),
+                    address: m.address.to_string(),
+                    weight: m.weight,
+                    healthy: m.healthy.load(std::sync::atomic::Ordering::Relaxed) && !pool.ejected(i),
+                    enabled: m.enabled.load(std::sync::atomic::Ordering::Relaxed),
+                    active: m.active.load(std::sync::atomic::Ordering::Relaxed),
+                })
+                .inspect(|_| {
+                    let _ = now;
+                })
+                .collect(),
+        )
+    }
+
+    fn available(&self, pool: &str) -> bool {
+        self.0.upgrade().is_some_and(|s| s.runtime.load().pools.get(pool).is_some_and(|p| p.any_available()))
+    }
+}
+
+pub fn build_runtime(config: Config) -> Runtime {
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| ListenerRt {
+            name: Arc::from(l.name.as_str()),
+            routes: l
+                .routes
+                .iter()
+                .map(|r| RouteRt {
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    prefix: r.path_prefix.clone(),
+                    pool: r.pool.get_ref().clone(),
+                    policies: r.policies.iter().map(|p| p.get_ref().clone()).collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let pools = config.pools.into_iter().map(|(name, p)| (name.clone(), Arc::new(Pool::new(&name, p)))).collect();
+    Runtime { listeners, pools, limits: config.limits }
+}
+
+/// The options of a policy from its config section.
+pub fn policy_options(section: &config::PolicySection) -> PolicyOptions {
+    PolicyOptions {
+        cpu_budget: section.cpu_budget,
+        memory_cap: section.memory_cap,
+        fail_open: section.fail_open,
+        settings_json: serde_json::to_string(&section.settings).unwrap_or_else(|_| "{}".to_owned()),
+        ..PolicyOptions::default()
+    }
+}
+
+/// Load every policy a config names.
+pub fn load_policies(
+    engine: &Arc<Engine>,
+    config: &Config,
+    config_path: &Path,
+    pools: Arc<dyn PoolDirectory>,
+) -> Result<HashMap<String, PolicyRef>, (String, PathBuf, LoadError)> {
+    let dir = config.policy_dir(config_path);
+    let mut out = HashMap::new();
+    for (name, section) in &config.policies {
+        let path = dir.join(section.file.get_ref());
+        let policy = engine
+            .load_file(name, &path, policy_options(section), pools.clone())
+            .map_err(|e| (name.clone(), path.clone(), e))?;
+        tracing::info!(policy = %name, version = policy.version(), file = %path.display(), "policy loaded");
+        out.insert(name.clone(), policy);
+    }
+    Ok(out)
+}

@@ -1,0 +1,166 @@
+//! Start-up, reload and shutdown: `adc run` and `adc check`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::policy::{Engine, EngineOptions, NoPools};
+use crate::runtime::{self, Directory, Shared};
+
+/// Validate a configuration and load its policies, without serving.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let engine = Engine::new(EngineOptions { cache_dir: config.cache_dir(path) })?;
+    runtime::load_policies(&engine, &config, path, Arc::new(NoPools))
+        .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+    Ok(())
+}
+
+/// A running adc, for `adc run` and for tests.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    /// Bound listener addresses by name.
+    pub listeners: HashMap<String, std::net::SocketAddr>,
+    pub admin: std::net::SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, wait for in-flight requests (up to the drain
+    /// timeout), and return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let drain = self.shared.runtime.load().limits.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.shared.inflight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A second recorder in one process (tests) keeps the first.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Start everything a config describes. Listener and admin addresses with
+/// port 0 get a free port (see [`Running::listeners`]).
+pub async fn start(path: &Path) -> anyhow::Result<Running> {
+    let metrics_handle = prometheus();
+    let config = Config::load(path)?;
+    let engine = Engine::new(EngineOptions { cache_dir: config.cache_dir(path) })?;
+
+    if let Some(demo) = &config.demo {
+        for (i, addr) in demo.backends.iter().enumerate() {
+            let name = format!("demo-{}", i + 1);
+            let bound = crate::demo::start(name.clone(), *addr).await.with_context(|| format!("demo backend {addr}"))?;
+            tracing::info!(%bound, %name, "demo backend started");
+        }
+    }
+
+    let listener_configs: Vec<(String, std::net::SocketAddr)> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
+    let admin_addr = *config.admin.listen.get_ref();
+    let admin_token = config.admin.token.clone();
+
+    let shared = Arc::new_cyclic(|weak| Shared {
+        runtime: ArcSwap::from_pointee(runtime::build_runtime(Config::parse("", "").expect("empty config is valid"))),
+        policies: ArcSwap::from_pointee(HashMap::new()),
+        engine: engine.clone(),
+        inflight: AtomicUsize::new(0),
+        config_path: path.to_path_buf(),
+        policy_errors: Default::default(),
+        directory: Arc::new(Directory(weak.clone())),
+    });
+    let policies = runtime::load_policies(&engine, &config, path, shared.directory.clone())
+        .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+    let policy_dir = config.policy_dir(path);
+    let watch_enabled = config.engine.watch.unwrap_or(true);
+    let rt = runtime::build_runtime(config);
+    for pool in rt.pools.values() {
+        crate::health::start(pool);
+    }
+    shared.policies.store(Arc::new(policies));
+    shared.runtime.store(Arc::new(rt));
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut listeners = HashMap::new();
+    for (name, addr) in listener_configs {
+        let listener = crate::server::bind(addr).with_context(|| format!("listener {name:?} on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(listener = %name, address = %bound, "listening");
+        listeners.insert(name.clone(), bound);
+        tasks.push(tokio::spawn(crate::server::serve_http(shared.clone(), Arc::from(name.as_str()), listener, shutdown_rx.clone())));
+    }
+
+    let admin_listener = crate::server::bind(admin_addr).with_context(|| format!("admin address {admin_addr}"))?;
+    let admin = admin_listener.local_addr()?;
+    tracing::info!(address = %admin, "admin interface listening");
+    tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin_listener, admin_token, metrics_handle)));
+
+    if watch_enabled {
+        match crate::watch::start(shared.clone(), policy_dir.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(e) => tracing::warn!(dir = %policy_dir.display(), error = %e, "cannot watch the policy folder"),
+        }
+    }
+
+    let sweeper = engine.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            sweeper.sweep_tables();
+        }
+    }));
+
+    Ok(Running { shared, listeners, admin, shutdown, tasks })
+}
+
+/// Re-read the config file: parse and load it in full first; only then swap
+/// it in. Listener addresses are bound at start and do not change.
+pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let path: PathBuf = shared.config_path.clone();
+    let result = (|| {
+        let config = Config::load(&path)?;
+        let policies = runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
+            .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+        let rt = runtime::build_runtime(config);
+        for pool in rt.pools.values() {
+            crate::health::start(pool);
+        }
+        shared.policies.store(Arc::new(policies));
+        shared.runtime.store(Arc::new(rt));
+        anyhow::Ok(())
+    })();
+    let outcome = if result.is_ok() { "ok" } else { "refused" };
+    metrics::counter!("adc_config_reloads_total", "outcome" => outcome).increment(1);
+    match &result {
+        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+        Err(e) => tracing::warn!(config = %path.display(), error = %e, "configuration reload refused; the running one stays"),
+    }
+    result
+}

@@ -1,0 +1,110 @@
+//! The watched policy folder: a changed file that a policy names is loaded
+//! in the background and, once it starts, swapped in; new requests use it,
+//! requests in flight finish on the version they started with.
+//!
+//! The rules:
+//! - a file is read only after its size has stopped changing (a slow copy);
+//! - a file that does not load or start is refused: the previous version
+//!   keeps serving, the error goes to the log, the status document and the
+//!   `adc_policy_loads_total{outcome="refused"}` counter;
+//! - a deleted file changes nothing: the loaded version keeps serving until
+//!   a new file appears or the configuration drops the policy.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::Config;
+use crate::runtime::{policy_options, Shared};
+
+pub fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::JoinHandle<()>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_)) {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
+            }
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(dir = %dir.display(), "watching the policy folder");
+
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        while let Some(first) = rx.recv().await {
+            // Gather a burst of events, then handle each file once.
+            let mut changed = vec![first];
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(p) = rx.try_recv() {
+                changed.push(p);
+            }
+            changed.sort();
+            changed.dedup();
+            for path in changed {
+                reload_file(&shared, &dir, &path).await;
+            }
+        }
+    }))
+}
+
+/// Wait until the file's size and modification time hold still.
+async fn settled(path: &Path) -> Option<Vec<u8>> {
+    let mut last = None;
+    for _ in 0..100 {
+        let meta = tokio::fs::metadata(path).await.ok()?;
+        let now = (meta.len(), meta.modified().ok());
+        if last == Some(now) {
+            return tokio::fs::read(path).await.ok();
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::fs::read(path).await.ok()
+}
+
+async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
+    let Ok(config) = Config::load(&shared.config_path) else { return };
+    let names: Vec<(String, crate::config::PolicySection)> = config
+        .policies
+        .into_iter()
+        .filter(|(_, s)| dir.join(s.file.get_ref()) == path)
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let Some(wasm) = settled(path).await else { return };
+    for (name, section) in names {
+        let current = shared.policies.load().get(&name).map(|p| p.version().to_owned());
+        if current.as_deref() == Some(&crate::policy::version_of(&wasm)) {
+            continue;
+        }
+        let engine = shared.engine.clone();
+        let pools = shared.directory.clone();
+        let options = policy_options(&section);
+        let name2 = name.clone();
+        let wasm2 = wasm.clone();
+        let loaded = tokio::task::spawn_blocking(move || engine.load(&name2, &wasm2, options, pools)).await;
+        let mut errors = shared.policy_errors.lock().unwrap_or_else(|p| p.into_inner());
+        match loaded {
+            Ok(Ok(policy)) => {
+                tracing::info!(policy = %name, version = policy.version(), previous = ?current, file = %path.display(), "policy swapped in");
+                let mut map: HashMap<_, _> = (**shared.policies.load()).clone();
+                map.insert(name.clone(), policy);
+                shared.policies.store(Arc::new(map));
+                errors.remove(&name);
+                metrics::counter!("adc_policy_loads_total", "policy" => name.clone(), "outcome" => "loaded").increment(1);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(policy = %name, file = %path.display(), error = %e, "policy file refused; the previous version keeps serving");
+                errors.insert(name.clone(), format!("{}: {e}", path.display()));
+                metrics::counter!("adc_policy_loads_total", "policy" => name.clone(), "outcome" => "refused").increment(1);
+            }
+            Err(e) => tracing::warn!(policy = %name, error = %e, "policy load task failed"),
+        }
+    }
+}
