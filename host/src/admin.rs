@@ -16,10 +16,17 @@ use tokio::net::TcpListener;
 
 use crate::runtime::Shared;
 
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<String>, metrics: PrometheusHandle) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    token: Option<String>,
+    metrics: PrometheusHandle,
+) {
     let token = token.map(|t| Arc::<str>::from(format!("Bearer {t}")));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         let token = token.clone();
         let metrics = metrics.clone();
@@ -38,7 +45,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<Str
 fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().expect("static content types parse"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        content_type.parse().expect("static content types parse"),
+    );
     r
 }
 
@@ -46,34 +56,59 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     answer(status, "application/json", format!("{value:#}\n"))
 }
 
-fn route(shared: &Arc<Shared>, token: Option<&str>, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    shared: &Arc<Shared>,
+    token: Option<&str>,
+    metrics: &PrometheusHandle,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == "/healthz" {
         return answer(StatusCode::OK, "text/plain", "ok\n");
     }
     if let Some(token) = token {
-        let given = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if given != Some(token) {
-            return answer(StatusCode::UNAUTHORIZED, "text/plain", "a bearer token is required\n");
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a bearer token is required\n",
+            );
         }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["metrics"]) => answer(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        (&Method::GET, ["metrics"]) => answer(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
         (&Method::GET, ["readyz"]) => answer(StatusCode::OK, "text/plain", "ready\n"),
         (&Method::GET, ["status"]) => json(StatusCode::OK, status(shared)),
         (&Method::POST, ["reload"]) => match crate::serve::reload(shared) {
             Ok(()) => json(StatusCode::OK, json!({"reloaded": true})),
-            Err(e) => json(StatusCode::UNPROCESSABLE_ENTITY, json!({"reloaded": false, "error": format!("{e:#}")})),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"reloaded": false, "error": format!("{e:#}")}),
+            ),
         },
         (&Method::POST, ["pools", pool, "members", member, action @ ("drain" | "enable")]) => {
             let rt = shared.runtime.load();
             let Some(m) = rt.pools.get(*pool).and_then(|p| p.member(member)) else {
-                return json(StatusCode::NOT_FOUND, json!({"error": format!("no member {member:?} in pool {pool:?}")}));
+                return json(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": format!("no member {member:?} in pool {pool:?}")}),
+                );
             };
             m.enabled.store(*action == "enable", Ordering::Relaxed);
             tracing::warn!(%pool, %member, action, "member changed by operator");
-            json(StatusCode::OK, json!({"pool": pool, "member": member, "enabled": *action == "enable"}))
+            json(
+                StatusCode::OK,
+                json!({"pool": pool, "member": member, "enabled": *action == "enable"}),
+            )
         }
         _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
@@ -101,10 +136,17 @@ fn status(shared: &Shared) -> serde_json::Value {
                     })
                 })
                 .collect();
-            (name.clone(), json!({"method": format!("{:?}", pool.method), "members": members}))
+            (
+                name.clone(),
+                json!({"method": format!("{:?}", pool.method), "members": members}),
+            )
         })
         .collect();
-    let errors = shared.policy_errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let errors = shared
+        .policy_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let policies: serde_json::Map<String, serde_json::Value> = shared
         .policies
         .load()
@@ -114,7 +156,11 @@ fn status(shared: &Shared) -> serde_json::Value {
             (name.clone(), json!({"version": p.version(), "loaded_at_unix": loaded, "last_error": errors.get(name)}))
         })
         .collect();
-    let listeners: Vec<_> = rt.listeners.iter().map(|l| json!({"name": &*l.name, "routes": l.routes.len()})).collect();
+    let listeners: Vec<_> = rt
+        .listeners
+        .iter()
+        .map(|l| json!({"name": &*l.name, "routes": l.routes.len()}))
+        .collect();
     json!({
         "listeners": listeners,
         "pools": pools,

@@ -52,7 +52,11 @@ fn default_admin() -> Spanned<SocketAddr> {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { listen: default_admin(), token: None, allow_public_without_token: false }
+        Admin {
+            listen: default_admin(),
+            token: None,
+            allow_public_without_token: false,
+        }
     }
 }
 
@@ -268,7 +272,11 @@ fn d_cooldown() -> Duration {
 
 impl Default for Passive {
     fn default() -> Self {
-        Passive { consecutive_failures: d_consecutive(), cooldown: d_cooldown(), count_5xx: true }
+        Passive {
+            consecutive_failures: d_consecutive(),
+            cooldown: d_cooldown(),
+            count_5xx: true,
+        }
     }
 }
 
@@ -314,7 +322,9 @@ pub struct ConfigError {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!("invalid duration {text:?}: use a number with ms, s, m or h"))
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?}: use a number with ms, s, m or h"
+        ))
     })
 }
 
@@ -336,13 +346,17 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let text = String::deserialize(d)?;
     parse_size(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!("invalid size {text:?}: use a number with KiB, MiB or GiB"))
+        serde::de::Error::custom(format!(
+            "invalid size {text:?}: use a number with KiB, MiB or GiB"
+        ))
     })
 }
 
 pub fn parse_size(text: &str) -> Option<usize> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: usize = number.parse().ok()?;
     let scale = match unit.trim() {
@@ -357,7 +371,11 @@ pub fn parse_size(text: &str) -> Option<usize> {
 
 fn status_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
     let text = String::deserialize(d)?;
-    let bad = || serde::de::Error::custom(format!("invalid status range {text:?}: use \"200\" or \"200-399\""));
+    let bad = || {
+        serde::de::Error::custom(format!(
+            "invalid status range {text:?}: use \"200\" or \"200-399\""
+        ))
+    };
     let (lo, hi) = text.split_once('-').unwrap_or((&text, &text));
     let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
     let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
@@ -402,23 +420,41 @@ impl Config {
             if !names.insert(&l.name) {
                 return Err((None, format!("listener {:?} is defined twice", l.name)));
             }
-            if l.listen == *self.admin.listen.get_ref() {
-                return Err((Some(self.admin.listen.span().start), format!("admin address {} is also listener {:?}: keep management apart", l.listen, l.name)));
+            if l.listen.port() != 0 && l.listen == *self.admin.listen.get_ref() {
+                return Err((
+                    Some(self.admin.listen.span().start),
+                    format!(
+                        "admin address {} is also listener {:?}: keep management apart",
+                        l.listen, l.name
+                    ),
+                ));
             }
             if l.routes.is_empty() {
                 return Err((None, format!("listener {:?} has no route", l.name)));
             }
             for r in &l.routes {
                 if !self.pools.contains_key(r.pool.get_ref()) {
-                    return Err((Some(r.pool.span().start), format!("route names pool {:?}, which is not defined", r.pool.get_ref())));
+                    return Err((
+                        Some(r.pool.span().start),
+                        format!(
+                            "route names pool {:?}, which is not defined",
+                            r.pool.get_ref()
+                        ),
+                    ));
                 }
                 for p in &r.policies {
                     if !self.policies.contains_key(p.get_ref()) {
-                        return Err((Some(p.span().start), format!("route names policy {:?}, which is not defined", p.get_ref())));
+                        return Err((
+                            Some(p.span().start),
+                            format!("route names policy {:?}, which is not defined", p.get_ref()),
+                        ));
                     }
                 }
                 if !r.path_prefix.starts_with('/') {
-                    return Err((None, format!("path_prefix {:?} must start with '/'", r.path_prefix)));
+                    return Err((
+                        None,
+                        format!("path_prefix {:?} must start with '/'", r.path_prefix),
+                    ));
                 }
             }
         }
@@ -429,20 +465,36 @@ impl Config {
             let mut seen = std::collections::HashSet::new();
             for (i, m) in pool.members.iter().enumerate() {
                 if !seen.insert(m.name.clone().unwrap_or_else(|| m.address.to_string())) {
-                    return Err((None, format!("pool {name:?}: member {i} repeats a name or address")));
+                    return Err((
+                        None,
+                        format!("pool {name:?}: member {i} repeats a name or address"),
+                    ));
                 }
             }
             if let Some(h) = &pool.hash_on {
                 let ok = h.get_ref() == "client_ip"
-                    || h.get_ref().strip_prefix("header:").is_some_and(|n| !n.is_empty())
-                    || h.get_ref().strip_prefix("cookie:").is_some_and(|n| !n.is_empty());
+                    || h.get_ref()
+                        .strip_prefix("header:")
+                        .is_some_and(|n| !n.is_empty())
+                    || h.get_ref()
+                        .strip_prefix("cookie:")
+                        .is_some_and(|n| !n.is_empty());
                 if !ok {
-                    return Err((Some(h.span().start), format!("hash_on {:?}: use client_ip, header:<name> or cookie:<name>", h.get_ref())));
+                    return Err((
+                        Some(h.span().start),
+                        format!(
+                            "hash_on {:?}: use client_ip, header:<name> or cookie:<name>",
+                            h.get_ref()
+                        ),
+                    ));
                 }
             }
             if let Some(h) = &pool.health {
                 if h.rise == 0 || h.fall == 0 {
-                    return Err((None, format!("pool {name:?}: health rise and fall must be at least 1")));
+                    return Err((
+                        None,
+                        format!("pool {name:?}: health rise and fall must be at least 1"),
+                    ));
                 }
             }
         }
@@ -468,13 +520,21 @@ impl Config {
 
     pub fn cache_dir(&self, config_path: &Path) -> Option<PathBuf> {
         let base = config_path.parent().unwrap_or(Path::new("."));
-        self.engine.cache_dir.as_ref().map(|d| if d.is_absolute() { d.clone() } else { base.join(d) })
+        self.engine.cache_dir.as_ref().map(|d| {
+            if d.is_absolute() {
+                d.clone()
+            } else {
+                base.join(d)
+            }
+        })
     }
 }
 
 impl Member {
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.address.to_string())
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
     }
 }
 

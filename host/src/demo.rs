@@ -17,7 +17,9 @@ pub async fn start(name: String, addr: SocketAddr) -> std::io::Result<SocketAddr
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let name = name.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -29,8 +31,12 @@ pub async fn start(name: String, addr: SocketAddr) -> std::io::Result<SocketAddr
                             format!("{name}: {} {}\n", req.method(), req.uri())
                         };
                         let mut response = Response::new(Full::new(Bytes::from(body)));
-                        response.headers_mut().insert("x-backend", name.parse().expect("demo names are ASCII"));
-                        response.headers_mut().insert("content-type", "text/plain".parse().expect("static"));
+                        response
+                            .headers_mut()
+                            .insert("x-backend", name.parse().expect("demo names are ASCII"));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "text/plain".parse().expect("static"));
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });

@@ -34,7 +34,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::UnknownPool(_) | ProxyError::Policy(..) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UnknownPool(_) | ProxyError::Policy(..) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ProxyError::NoHealthyMember(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
@@ -51,7 +53,9 @@ impl ProxyError {
             ProxyError::UnknownPool(_) => "route names an unknown pool",
             ProxyError::NoHealthyMember(_) => "no healthy backend available",
             ProxyError::Connect(_) => "bad gateway: cannot connect to a backend",
-            ProxyError::UpstreamTimeout(..) => "gateway timeout: the backend did not answer in time",
+            ProxyError::UpstreamTimeout(..) => {
+                "gateway timeout: the backend did not answer in time"
+            }
             ProxyError::Upstream(..) => "bad gateway: the backend connection failed",
             ProxyError::Policy(..) => "a policy failed while handling this request",
             ProxyError::BodyTooLarge(_) => "request body too large",
@@ -68,10 +72,13 @@ impl ProxyError {
                 .boxed_unsync(),
         );
         *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         response
             .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-        response.headers_mut().insert("x-adc-error", header::HeaderValue::from_static("1"));
+            .insert("x-adc-error", header::HeaderValue::from_static("1"));
         response
     }
 }

@@ -14,7 +14,9 @@ use crate::pool::{Member, Pool};
 /// Start probing every member of `pool`. The probes stop when the pool is
 /// dropped (a reload replaced it and no request holds it).
 pub fn start(pool: &Arc<Pool>) {
-    let Some(health) = pool.health.as_ref() else { return };
+    let Some(health) = pool.health.as_ref() else {
+        return;
+    };
     for member in &pool.members {
         let pool = Arc::downgrade(pool);
         let member = member.clone();
@@ -30,7 +32,9 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
     loop {
         ticker.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let Some(health) = pool.health.as_ref() else { return };
+        let Some(health) = pool.health.as_ref() else {
+            return;
+        };
         let ok = match tokio::time::timeout(health.timeout, probe(health, &member)).await {
             Ok(Ok(())) => true,
             Ok(Err(reason)) => {
@@ -62,7 +66,9 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
 }
 
 async fn probe(health: &Health, member: &Member) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(member.address).await.map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(member.address)
+        .await
+        .map_err(|e| e.to_string())?;
     if health.kind == HealthKind::Tcp {
         return Ok(());
     }
@@ -70,7 +76,10 @@ async fn probe(health: &Health, member: &Member) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let host = health.host.clone().unwrap_or_else(|| member.address.to_string());
+    let host = health
+        .host
+        .clone()
+        .unwrap_or_else(|| member.address.to_string());
     let request = http::Request::builder()
         .method(health.method.as_str())
         .uri(&health.path)
@@ -78,13 +87,21 @@ async fn probe(health: &Health, member: &Member) -> Result<(), String> {
         .header(http::header::USER_AGENT, "adc-health-check")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     if status < health.expect_status.0 || status > health.expect_status.1 {
         return Err(format!("status {status}"));
     }
     if let Some(want) = &health.expect_body {
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         if !String::from_utf8_lossy(&body).contains(want.as_str()) {
             return Err(format!("body lacks {want:?}"));
         }

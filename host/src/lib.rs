@@ -13,7 +13,7 @@ pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod runtime;
-pub mod server;
 pub mod serve;
+pub mod server;
 pub mod upstream;
 pub mod watch;

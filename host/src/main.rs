@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "adc", version, about = "A WebAssembly-programmable application delivery controller")]
+#[command(
+    name = "adc",
+    version,
+    about = "A WebAssembly-programmable application delivery controller"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +32,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ADC_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ADC_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
         .init();
@@ -46,7 +51,12 @@ fn main() -> ExitCode {
         },
         Command::Run { config, workers } => {
             let workers = workers
-                .or_else(|| adc::config::Config::load(&config).ok().map(|c| c.workers).filter(|w| *w > 0))
+                .or_else(|| {
+                    adc::config::Config::load(&config)
+                        .ok()
+                        .map(|c| c.workers)
+                        .filter(|w| *w > 0)
+                })
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
@@ -67,8 +77,10 @@ async fn run(config: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("SIGHUP handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     loop {
         tokio::select! {
             _ = hup.recv() => { let _ = adc::serve::reload(&running.shared); }

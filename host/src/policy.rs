@@ -168,5 +168,8 @@ pub type PolicyRef = Arc<LoadedPolicy>;
 
 /// The value of a cookie in a request's `Cookie` fields, quotes removed.
 pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    exchange::cookies(headers).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    exchange::cookies(headers)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
 }

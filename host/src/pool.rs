@@ -107,7 +107,11 @@ impl Pool {
             for (i, m) in members.iter().enumerate() {
                 current[i] += i64::from(m.weight);
             }
-            if let Some((best, _)) = current.iter().enumerate().max_by_key(|(i, c)| (**c, usize::MAX - i)) {
+            if let Some((best, _)) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, c)| (**c, usize::MAX - i))
+            {
                 current[best] -= i64::from(total);
                 schedule.push(best);
             }
@@ -124,7 +128,9 @@ impl Pool {
         let hash_key = c.hash_on.as_ref().map(|h| {
             let h = h.get_ref();
             if let Some(name) = h.strip_prefix("header:") {
-                HashKey::Header(http::HeaderName::from_bytes(name.as_bytes()).unwrap_or(http::header::HOST))
+                HashKey::Header(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap_or(http::header::HOST),
+                )
             } else if let Some(name) = h.strip_prefix("cookie:") {
                 HashKey::Cookie(name.to_owned())
             } else {
@@ -173,7 +179,9 @@ impl Pool {
             Method::Weighted => {
                 let len = self.schedule.len().max(1);
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|k| self.schedule[(start + k) % len]).find(|&i| ok(i))
+                (0..len)
+                    .map(|k| self.schedule[(start + k) % len])
+                    .find(|&i| ok(i))
             }
             Method::LeastConnections => {
                 // Ties go round robin, so an idle pool still spreads load.
@@ -184,7 +192,8 @@ impl Pool {
                     .min_by_key(|&i| {
                         let m = &self.members[i];
                         // Compare active/weight without division.
-                        u64::from(m.active.load(Ordering::Relaxed)) * 1_000_000 / u64::from(m.weight.max(1))
+                        u64::from(m.active.load(Ordering::Relaxed)) * 1_000_000
+                            / u64::from(m.weight.max(1))
                     })
             }
             Method::PowerOfTwo => {
@@ -207,7 +216,9 @@ impl Pool {
                 Some(key) if !self.ring.is_empty() => {
                     let point = hash64(key);
                     let start = self.ring.partition_point(|(p, _)| *p < point);
-                    (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1).find(|&i| ok(i))
+                    (0..self.ring.len())
+                        .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                        .find(|&i| ok(i))
                 }
                 _ => {
                     let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +234,9 @@ impl Pool {
 
     /// A request to member `i` succeeded.
     pub fn record_success(&self, i: usize) {
-        self.members[i].consecutive_failures.store(0, Ordering::Relaxed);
+        self.members[i]
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
     }
 
     /// A request to member `i` failed (connect error, timeout, or a 5xx when
@@ -232,7 +245,8 @@ impl Pool {
         let m = &self.members[i];
         let failures = m.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if self.passive.consecutive_failures > 0 && failures >= self.passive.consecutive_failures {
-            let until = self.now_ms() + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
+            let until = self.now_ms()
+                + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
             m.ejected_until.store(until, Ordering::Relaxed);
             m.consecutive_failures.store(0, Ordering::Relaxed);
             metrics::counter!("adc_member_ejections_total", "pool" => self.name.clone(), "member" => m.name.clone()).increment(1);
@@ -263,7 +277,12 @@ mod tests {
         let members: Vec<String> = weights
             .iter()
             .enumerate()
-            .map(|(i, w)| format!("{{ name = \"m{i}\", address = \"127.0.0.1:{}\", weight = {w} }}", 9000 + i))
+            .map(|(i, w)| {
+                format!(
+                    "{{ name = \"m{i}\", address = \"127.0.0.1:{}\", weight = {w} }}",
+                    9000 + i
+                )
+            })
             .collect();
         let text = format!("method = \"{method}\"\nmembers = [{}]", members.join(", "));
         Pool::new("p", toml::from_str(&text).unwrap())
@@ -274,7 +293,11 @@ mod tests {
         let p = pool("weighted", &[3, 1]);
         let picks: Vec<usize> = (0..8).map(|_| p.select(None, &[]).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
-        assert_ne!(picks[..3], [0, 0, 0], "weights are interleaved, not batched: {picks:?}");
+        assert_ne!(
+            picks[..3],
+            [0, 0, 0],
+            "weights are interleaved, not batched: {picks:?}"
+        );
     }
 
     #[test]
@@ -289,15 +312,27 @@ mod tests {
     fn consistent_hash_is_stable_and_moves_little_when_a_member_leaves() {
         let p = pool("consistent_hash", &[1, 1, 1, 1]);
         let keys: Vec<String> = (0..1000).map(|i| format!("client-{i}")).collect();
-        let before: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
-        let again: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| p.select(Some(k.as_bytes()), &[]).unwrap())
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| p.select(Some(k.as_bytes()), &[]).unwrap())
+            .collect();
         assert_eq!(before, again);
         p.members[3].enabled.store(false, Ordering::Relaxed);
-        let after: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), &[]).unwrap()).collect();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| p.select(Some(k.as_bytes()), &[]).unwrap())
+            .collect();
         let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
         let on_removed = before.iter().filter(|&&b| b == 3).count();
         assert_eq!(moved, on_removed, "only keys of the removed member move");
-        assert!((150..350).contains(&on_removed), "spread is even: {on_removed}");
+        assert!(
+            (150..350).contains(&on_removed),
+            "spread is even: {on_removed}"
+        );
     }
 
     #[test]

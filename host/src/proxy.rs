@@ -56,7 +56,9 @@ pub type HandleFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Rejected>> + Send>>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn empty() -> Body {
@@ -72,12 +74,16 @@ enum Flow {
 
 fn reply_response(reply: Reply) -> Response<Body> {
     let mut response = Response::new(full(reply.body));
-    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for h in reply.headers {
         if adc_sdk::text::is_managed_header(&h.name) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) {
             response.headers_mut().append(name, value);
         }
     }
@@ -101,7 +107,11 @@ fn redirect_response(status: u16, location: &str) -> Response<Body> {
 fn misplaced(policy: &PolicyRef, hook: Hook) {
     metrics::counter!("adc_policy_misplaced_decisions_total", "policy" => policy.name().to_owned(), "hook" => hook.name())
         .increment(1);
-    tracing::warn!(policy = policy.name(), hook = hook.name(), "decision not allowed in this hook; continuing");
+    tracing::warn!(
+        policy = policy.name(),
+        hook = hook.name(),
+        "decision not allowed in this hook; continuing"
+    );
 }
 
 /// State of one transaction as it moves through the pipeline.
@@ -115,7 +125,12 @@ struct Txn {
 
 impl Txn {
     /// Run one hook across the chain; a terminal decision stops the chain.
-    fn run(&mut self, hook: Hook, backend: Option<&Backend>, reason: &str) -> Result<Flow, ProxyError> {
+    fn run(
+        &mut self,
+        hook: Hook,
+        backend: Option<&Backend>,
+        reason: &str,
+    ) -> Result<Flow, ProxyError> {
         for i in 0..self.chain.len() {
             let policy = self.chain[i].clone();
             if !policy.implements(hook) {
@@ -135,7 +150,12 @@ impl Txn {
             let decision = match result {
                 Ok(d) => d,
                 Err(_) if policy.fail_open() => continue,
-                Err(fault) => return Err(ProxyError::Policy(policy.name().to_owned(), fault.to_string())),
+                Err(fault) => {
+                    return Err(ProxyError::Policy(
+                        policy.name().to_owned(),
+                        fault.to_string(),
+                    ))
+                }
             };
             let response_phase = matches!(hook, Hook::ResponseHeaders | Hook::ResponseBody);
             match decision {
@@ -148,7 +168,9 @@ impl Txn {
                     self.pool = r.pool;
                     self.member = r.member;
                 }
-                Decision::Reject if matches!(hook, Hook::RequestHeaders) => return Ok(Flow::Reject),
+                Decision::Reject if matches!(hook, Hook::RequestHeaders) => {
+                    return Ok(Flow::Reject)
+                }
                 _ => misplaced(&policy, hook),
             }
         }
@@ -171,14 +193,19 @@ fn route_for<'a>(routes: &'a [RouteRt], host: Option<&str>, path: &str) -> Optio
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn hash_value(pool: &Pool, ex: &Exchange) -> Option<Vec<u8>> {
     match pool.hash_key.as_ref()? {
         HashKey::ClientIp => Some(ex.client_ip.to_string().into_bytes()),
         HashKey::Header(name) => ex.request.headers.get(name).map(|v| v.as_bytes().to_vec()),
-        HashKey::Cookie(name) => crate::policy::cookie(&ex.request.headers, name).map(String::into_bytes),
+        HashKey::Cookie(name) => {
+            crate::policy::cookie(&ex.request.headers, name).map(String::into_bytes)
+        }
     }
 }
 
@@ -233,7 +260,9 @@ async fn pipeline(
     started: Instant,
 ) -> Result<Response<Body>, Pipeline> {
     let rt = shared.runtime.load_full();
-    let listener = rt.listener(&conn.listener).ok_or_else(|| ProxyError::BadRequest("listener gone".into()))?;
+    let listener = rt
+        .listener(&conn.listener)
+        .ok_or_else(|| ProxyError::BadRequest("listener gone".into()))?;
 
     let (mut parts, body) = req.into_parts();
     let upgrade = hop::upgrade_requested(&parts);
@@ -242,8 +271,11 @@ async fn pipeline(
 
     let host = ex.host();
     let path = adc_sdk::text::normalize_path(ex.request.uri.path());
-    let route = route_for(&listener.routes, host.as_deref(), &path)
-        .ok_or_else(|| ProxyError::NoRoute { host: host.clone().unwrap_or_default(), path: path.clone() })?;
+    let route =
+        route_for(&listener.routes, host.as_deref(), &path).ok_or_else(|| ProxyError::NoRoute {
+            host: host.clone().unwrap_or_default(),
+            path: path.clone(),
+        })?;
     // The forwarded path is the normalised one: policies match what the
     // backend receives.
     if path != ex.request.uri.path() {
@@ -251,14 +283,25 @@ async fn pipeline(
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),
         };
-        ex.set_uri(&target).map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+        ex.set_uri(&target)
+            .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
     }
 
     let chain: Vec<PolicyRef> = {
         let policies = shared.policies.load();
-        route.policies.iter().filter_map(|n| policies.get(n).cloned()).collect()
+        route
+            .policies
+            .iter()
+            .filter_map(|n| policies.get(n).cloned())
+            .collect()
     };
-    let mut txn = Txn { chain, pool: route.pool.clone(), member: None, ex, started };
+    let mut txn = Txn {
+        chain,
+        pool: route.pool.clone(),
+        member: None,
+        ex,
+        started,
+    };
 
     match txn.run(Hook::RequestHeaders, None, "")? {
         Flow::Continue => {}
@@ -269,7 +312,12 @@ async fn pipeline(
     // The request body: buffered only when a policy asks for it.
     let mut body: Option<Body> = Some(body.map_err(box_error).boxed_unsync());
     if txn.wants(Hook::RequestBody) {
-        let limit = txn.chain.iter().map(|p| p.registration().request_body_limit as usize).max().unwrap_or(0);
+        let limit = txn
+            .chain
+            .iter()
+            .map(|p| p.registration().request_body_limit as usize)
+            .max()
+            .unwrap_or(0);
         let incoming = body.take().expect("body is present before buffering");
         let bytes = collect_limited(incoming, limit).await?;
         txn.ex.request_body = Some(bytes);
@@ -290,7 +338,10 @@ async fn pipeline(
         Err(e) => return Err(e),
     };
     let (mut parts, upstream_body) = response.into_parts();
-    hop::strip_response(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    hop::strip_response(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     txn.ex.response = Some(parts);
 
     match txn.run(Hook::ResponseHeaders, None, "")? {
@@ -300,10 +351,22 @@ async fn pipeline(
 
     let mut body = upstream_body;
     if txn.wants(Hook::ResponseBody) {
-        let limit = txn.chain.iter().map(|p| p.registration().response_body_limit as usize).max().unwrap_or(0);
-        let known = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
+        let limit = txn
+            .chain
+            .iter()
+            .map(|p| p.registration().response_body_limit as usize)
+            .max()
+            .unwrap_or(0);
+        let known = body
+            .size_hint()
+            .exact()
+            .and_then(|n| usize::try_from(n).ok());
         if known.is_some_and(|n| n <= limit) {
-            let bytes = body.collect().await.map_err(|e| ProxyError::Upstream("response body".into(), e.to_string()))?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ProxyError::Upstream("response body".into(), e.to_string()))?
+                .to_bytes();
             txn.ex.response_body = Some(bytes);
             let flow = txn.run(Hook::ResponseBody, None, "")?;
             let bytes = txn.ex.response_body.take().unwrap_or_default();
@@ -317,7 +380,11 @@ async fn pipeline(
         }
     }
 
-    let parts = txn.ex.response.take().expect("response parts are in the exchange until sent");
+    let parts = txn
+        .ex
+        .response
+        .take()
+        .expect("response parts are in the exchange until sent");
     let response = Response::from_parts(parts, body);
     Ok(finish(txn, response))
 }
@@ -350,7 +417,13 @@ async fn collect_limited(body: Body, limit: usize) -> Result<Bytes, ProxyError> 
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() || e.downcast_ref::<BoxError>().is_some_and(|b| b.0.is::<http_body_util::LengthLimitError>()) => Err(ProxyError::BodyTooLarge(limit)),
+        Err(e)
+            if e.is::<http_body_util::LengthLimitError>()
+                || e.downcast_ref::<BoxError>()
+                    .is_some_and(|b| b.0.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
         Err(e) => Err(ProxyError::BadRequest(format!("reading request body: {e}"))),
     }
 }
@@ -373,7 +446,11 @@ async fn forward(
     let mut last_error: Option<ProxyError> = None;
 
     while attempts < max_attempts {
-        let pool = rt.pools.get(&txn.pool).ok_or_else(|| ProxyError::UnknownPool(txn.pool.clone()))?.clone();
+        let pool = rt
+            .pools
+            .get(&txn.pool)
+            .ok_or_else(|| ProxyError::UnknownPool(txn.pool.clone()))?
+            .clone();
         let hash = hash_value(&pool, &txn.ex);
         let now = pool.now_ms();
         let wanted = txn
@@ -382,12 +459,18 @@ async fn forward(
             .and_then(|m| pool.members.iter().position(|x| x.name == m))
             .filter(|&i| pool.members[i].available(now) && !tried.contains(&i));
         let Some(index) = wanted.or_else(|| pool.select(hash.as_deref(), &tried)) else {
-            return Err(last_error.unwrap_or_else(|| ProxyError::NoHealthyMember(pool.name.clone())).into());
+            return Err(last_error
+                .unwrap_or_else(|| ProxyError::NoHealthyMember(pool.name.clone()))
+                .into());
         };
         let member = pool.members[index].clone();
         tried.push(index);
         attempts += 1;
-        let backend = Backend { pool: pool.name.clone(), member: member.name.clone(), address: member.address.to_string() };
+        let backend = Backend {
+            pool: pool.name.clone(),
+            member: member.name.clone(),
+            address: member.address.to_string(),
+        };
 
         if txn.wants(Hook::BackendSelected) {
             let before = (txn.pool.clone(), txn.member.clone());
@@ -405,20 +488,25 @@ async fn forward(
 
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
-        let mut conn = match upstream::checkout(member.address, limits.connect_timeout, limits.idle_timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                pool.record_failure(index);
-                last_error = Some(ProxyError::Connect(e.to_string()));
-                if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
-                    return Err(flow);
+        let mut conn =
+            match upstream::checkout(member.address, limits.connect_timeout, limits.idle_timeout)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    pool.record_failure(index);
+                    last_error = Some(ProxyError::Connect(e.to_string()));
+                    if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
+                        return Err(flow);
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
 
         let request = upstream_request(&txn.ex, body.take().unwrap_or_else(empty), upgrade);
-        let sent = tokio::time::timeout(limits.header_timeout, conn.sender.try_send_request(request)).await;
+        let sent =
+            tokio::time::timeout(limits.header_timeout, conn.sender.try_send_request(request))
+                .await;
         match sent {
             Ok(Ok(mut response)) => {
                 if response.status().is_server_error() && pool.counts_5xx() {
@@ -430,7 +518,9 @@ async fn forward(
                     return Ok(hop::tunnel(&mut txn.ex, &mut response).map(|_| empty()));
                 }
                 let max_idle = limits.max_idle_per_member;
-                return Ok(response.map(|b| upstream::ReturnOnEnd::new(b, conn, max_idle).boxed_unsync()));
+                return Ok(
+                    response.map(|b| upstream::ReturnOnEnd::new(b, conn, max_idle).boxed_unsync())
+                );
             }
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -445,7 +535,10 @@ async fn forward(
                     continue;
                 }
                 pool.record_failure(index);
-                last_error = Some(ProxyError::Upstream(backend.address.clone(), reason.clone()));
+                last_error = Some(ProxyError::Upstream(
+                    backend.address.clone(),
+                    reason.clone(),
+                ));
                 if let Some(flow) = backend_failed(txn, &backend, &reason)? {
                     return Err(flow);
                 }
@@ -464,11 +557,17 @@ async fn forward(
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoHealthyMember(txn.pool.clone())).into())
+    Err(last_error
+        .unwrap_or_else(|| ProxyError::NoHealthyMember(txn.pool.clone()))
+        .into())
 }
 
 /// Run the backend-failed hooks; `Some` when a policy answered or rejected.
-fn backend_failed(txn: &mut Txn, backend: &Backend, reason: &str) -> Result<Option<Pipeline>, Pipeline> {
+fn backend_failed(
+    txn: &mut Txn,
+    backend: &Backend,
+    reason: &str,
+) -> Result<Option<Pipeline>, Pipeline> {
     if !txn.wants(Hook::BackendFailed) {
         return Ok(None);
     }
@@ -496,8 +595,14 @@ impl Drop for ActiveGuard {
 fn upstream_request(ex: &Exchange, body: Body, upgrade: bool) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = ex.request.method.clone();
-    let target = ex.request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    *request.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    let target = ex
+        .request
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str());
+    *request.uri_mut() = target
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     headers.reserve(ex.request.headers.len() + 1);

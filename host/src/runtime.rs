@@ -26,7 +26,11 @@ impl RouteRt {
         let host_ok = match (&self.host, host) {
             (None, _) => true,
             (Some(want), Some(have)) => match want.strip_prefix("*.") {
-                Some(suffix) => have.len() > suffix.len() + 1 && have.ends_with(suffix) && have.as_bytes()[have.len() - suffix.len() - 1] == b'.',
+                Some(suffix) => {
+                    have.len() > suffix.len() + 1
+                        && have.ends_with(suffix)
+                        && have.as_bytes()[have.len() - suffix.len() - 1] == b'.'
+                }
                 None => want == have,
             },
             (Some(_), None) => false,
@@ -74,7 +78,10 @@ pub struct Directory(pub std::sync::Weak<Shared>);
 
 impl PoolDirectory for Directory {
     fn names(&self) -> Vec<String> {
-        self.0.upgrade().map(|s| s.runtime.load().pools.keys().cloned().collect()).unwrap_or_default()
+        self.0
+            .upgrade()
+            .map(|s| s.runtime.load().pools.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn members(&self, pool: &str) -> Option<Vec<MemberStatus>> {
@@ -90,7 +97,8 @@ impl PoolDirectory for Directory {
                     name: m.name.clone(),
                     address: m.address.to_string(),
                     weight: m.weight,
-                    healthy: m.healthy.load(std::sync::atomic::Ordering::Relaxed) && !pool.ejected(i),
+                    healthy: m.healthy.load(std::sync::atomic::Ordering::Relaxed)
+                        && !pool.ejected(i),
                     enabled: m.enabled.load(std::sync::atomic::Ordering::Relaxed),
                     active: m.active.load(std::sync::atomic::Ordering::Relaxed),
                 })
@@ -102,7 +110,13 @@ impl PoolDirectory for Directory {
     }
 
     fn available(&self, pool: &str) -> bool {
-        self.0.upgrade().is_some_and(|s| s.runtime.load().pools.get(pool).is_some_and(|p| p.any_available()))
+        self.0.upgrade().is_some_and(|s| {
+            s.runtime
+                .load()
+                .pools
+                .get(pool)
+                .is_some_and(|p| p.any_available())
+        })
     }
 }
 
@@ -124,8 +138,16 @@ pub fn build_runtime(config: Config) -> Runtime {
                 .collect(),
         })
         .collect();
-    let pools = config.pools.into_iter().map(|(name, p)| (name.clone(), Arc::new(Pool::new(&name, p)))).collect();
-    Runtime { listeners, pools, limits: config.limits }
+    let pools = config
+        .pools
+        .into_iter()
+        .map(|(name, p)| (name.clone(), Arc::new(Pool::new(&name, p))))
+        .collect();
+    Runtime {
+        listeners,
+        pools,
+        limits: config.limits,
+    }
 }
 
 /// The options of a policy from its config section.

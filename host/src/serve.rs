@@ -18,7 +18,9 @@ use crate::runtime::{self, Directory, Shared};
 /// Validate a configuration and load its policies, without serving.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let engine = Engine::new(EngineOptions { cache_dir: config.cache_dir(path) })?;
+    let engine = Engine::new(EngineOptions {
+        cache_dir: config.cache_dir(path),
+    })?;
     runtime::load_policies(&engine, &config, path, Arc::new(NoPools))
         .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
     Ok(())
@@ -41,7 +43,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         let drain = self.shared.runtime.load().limits.drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
-        while self.shared.inflight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.shared.inflight.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for t in self.tasks {
@@ -55,7 +59,10 @@ fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -71,22 +78,32 @@ fn prometheus() -> PrometheusHandle {
 pub async fn start(path: &Path) -> anyhow::Result<Running> {
     let metrics_handle = prometheus();
     let config = Config::load(path)?;
-    let engine = Engine::new(EngineOptions { cache_dir: config.cache_dir(path) })?;
+    let engine = Engine::new(EngineOptions {
+        cache_dir: config.cache_dir(path),
+    })?;
 
     if let Some(demo) = &config.demo {
         for (i, addr) in demo.backends.iter().enumerate() {
             let name = format!("demo-{}", i + 1);
-            let bound = crate::demo::start(name.clone(), *addr).await.with_context(|| format!("demo backend {addr}"))?;
+            let bound = crate::demo::start(name.clone(), *addr)
+                .await
+                .with_context(|| format!("demo backend {addr}"))?;
             tracing::info!(%bound, %name, "demo backend started");
         }
     }
 
-    let listener_configs: Vec<(String, std::net::SocketAddr)> = config.listeners.iter().map(|l| (l.name.clone(), l.listen)).collect();
+    let listener_configs: Vec<(String, std::net::SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen))
+        .collect();
     let admin_addr = *config.admin.listen.get_ref();
     let admin_token = config.admin.token.clone();
 
     let shared = Arc::new_cyclic(|weak| Shared {
-        runtime: ArcSwap::from_pointee(runtime::build_runtime(Config::parse("", "").expect("empty config is valid"))),
+        runtime: ArcSwap::from_pointee(runtime::build_runtime(
+            Config::parse("", "").expect("empty config is valid"),
+        )),
         policies: ArcSwap::from_pointee(HashMap::new()),
         engine: engine.clone(),
         inflight: AtomicUsize::new(0),
@@ -109,22 +126,36 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let mut listeners = HashMap::new();
     for (name, addr) in listener_configs {
-        let listener = crate::server::bind(addr).with_context(|| format!("listener {name:?} on {addr}"))?;
+        let listener =
+            crate::server::bind(addr).with_context(|| format!("listener {name:?} on {addr}"))?;
         let bound = listener.local_addr()?;
         tracing::info!(listener = %name, address = %bound, "listening");
         listeners.insert(name.clone(), bound);
-        tasks.push(tokio::spawn(crate::server::serve_http(shared.clone(), Arc::from(name.as_str()), listener, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::server::serve_http(
+            shared.clone(),
+            Arc::from(name.as_str()),
+            listener,
+            shutdown_rx.clone(),
+        )));
     }
 
-    let admin_listener = crate::server::bind(admin_addr).with_context(|| format!("admin address {admin_addr}"))?;
+    let admin_listener =
+        crate::server::bind(admin_addr).with_context(|| format!("admin address {admin_addr}"))?;
     let admin = admin_listener.local_addr()?;
     tracing::info!(address = %admin, "admin interface listening");
-    tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin_listener, admin_token, metrics_handle)));
+    tasks.push(tokio::spawn(crate::admin::serve(
+        shared.clone(),
+        admin_listener,
+        admin_token,
+        metrics_handle,
+    )));
 
     if watch_enabled {
         match crate::watch::start(shared.clone(), policy_dir.clone()) {
             Ok(task) => tasks.push(task),
-            Err(e) => tracing::warn!(dir = %policy_dir.display(), error = %e, "cannot watch the policy folder"),
+            Err(e) => {
+                tracing::warn!(dir = %policy_dir.display(), error = %e, "cannot watch the policy folder")
+            }
         }
     }
 
@@ -137,7 +168,13 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         }
     }));
 
-    Ok(Running { shared, listeners, admin, shutdown, tasks })
+    Ok(Running {
+        shared,
+        listeners,
+        admin,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Re-read the config file: parse and load it in full first; only then swap
@@ -146,8 +183,11 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let path: PathBuf = shared.config_path.clone();
     let result = (|| {
         let config = Config::load(&path)?;
-        let policies = runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
-            .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+        let policies =
+            runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
+                .map_err(|(name, file, e)| {
+                    anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
+                })?;
         let rt = runtime::build_runtime(config);
         for pool in rt.pools.values() {
             crate::health::start(pool);
@@ -160,7 +200,9 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
     metrics::counter!("adc_config_reloads_total", "outcome" => outcome).increment(1);
     match &result {
         Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-        Err(e) => tracing::warn!(config = %path.display(), error = %e, "configuration reload refused; the running one stays"),
+        Err(e) => {
+            tracing::warn!(config = %path.display(), error = %e, "configuration reload refused; the running one stays")
+        }
     }
     result
 }

@@ -22,7 +22,9 @@ pub async fn serve_http(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr().expect("a bound listener has an address");
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let (max_header_bytes, idle_timeout) = {
         let rt = shared.runtime.load();
         (rt.limits.max_header_bytes, rt.limits.idle_timeout)
@@ -55,21 +57,31 @@ pub async fn serve_http(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { listener: name.clone(), peer, local, tls: false };
+        let conn = ConnInfo {
+            listener: name.clone(),
+            peer,
+            local,
+            tls: false,
+        };
         let shared = shared.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            metrics::gauge!("adc_client_connections", "listener" => conn.listener.to_string()).increment(1.0);
+            metrics::gauge!("adc_client_connections", "listener" => conn.listener.to_string())
+                .increment(1.0);
             let listener_name = conn.listener.clone();
             let service = service_fn(move |req| -> proxy::HandleFuture {
                 Box::pin(proxy::handle(shared.clone(), conn.clone(), req))
             });
             // On shutdown the accept loop stops; open connections finish
             // their requests while the runtime drains in-flight work.
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
-            metrics::gauge!("adc_client_connections", "listener" => listener_name.to_string()).decrement(1.0);
+            metrics::gauge!("adc_client_connections", "listener" => listener_name.to_string())
+                .decrement(1.0);
         });
     }
 }

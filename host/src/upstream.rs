@@ -57,7 +57,11 @@ pub async fn checkout(
         None
     });
     if let Some(sender) = idle {
-        return Ok(Conn { sender, address, reused: true });
+        return Ok(Conn {
+            sender,
+            address,
+            reused: true,
+        });
     }
 
     let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
@@ -75,7 +79,11 @@ pub async fn checkout(
         }
     });
     metrics::counter!("adc_upstream_connections_opened_total").increment(1);
-    Ok(Conn { sender, address, reused: false })
+    Ok(Conn {
+        sender,
+        address,
+        reused: false,
+    })
 }
 
 /// Give a connection back for reuse, up to `max_idle` per member.
@@ -87,7 +95,10 @@ pub fn checkin(conn: Conn, max_idle: usize) {
         let mut pool = pool.borrow_mut();
         let list = pool.entry(conn.address).or_default();
         if list.len() < max_idle {
-            list.push(Idle { sender: conn.sender, since: Instant::now() });
+            list.push(Idle {
+                sender: conn.sender,
+                since: Instant::now(),
+            });
         }
     });
 }
@@ -102,7 +113,11 @@ pub struct ReturnOnEnd {
 
 impl ReturnOnEnd {
     pub fn new(body: hyper::body::Incoming, conn: Conn, max_idle: usize) -> Self {
-        let mut this = ReturnOnEnd { body, conn: Some(conn), max_idle };
+        let mut this = ReturnOnEnd {
+            body,
+            conn: Some(conn),
+            max_idle,
+        };
         if http_body::Body::is_end_stream(&this.body) {
             this.release();
         }

@@ -24,7 +24,10 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::J
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if matches!(event.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_)) {
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            ) {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
@@ -68,7 +71,9 @@ async fn settled(path: &Path) -> Option<Vec<u8>> {
 }
 
 async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
-    let Ok(config) = Config::load(&shared.config_path) else { return };
+    let Ok(config) = Config::load(&shared.config_path) else {
+        return;
+    };
     let names: Vec<(String, crate::config::PolicySection)> = config
         .policies
         .into_iter()
@@ -77,9 +82,15 @@ async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
     if names.is_empty() {
         return;
     }
-    let Some(wasm) = settled(path).await else { return };
+    let Some(wasm) = settled(path).await else {
+        return;
+    };
     for (name, section) in names {
-        let current = shared.policies.load().get(&name).map(|p| p.version().to_owned());
+        let current = shared
+            .policies
+            .load()
+            .get(&name)
+            .map(|p| p.version().to_owned());
         if current.as_deref() == Some(&crate::policy::version_of(&wasm)) {
             continue;
         }
@@ -88,8 +99,12 @@ async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
         let options = policy_options(&section);
         let name2 = name.clone();
         let wasm2 = wasm.clone();
-        let loaded = tokio::task::spawn_blocking(move || engine.load(&name2, &wasm2, options, pools)).await;
-        let mut errors = shared.policy_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded =
+            tokio::task::spawn_blocking(move || engine.load(&name2, &wasm2, options, pools)).await;
+        let mut errors = shared
+            .policy_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match loaded {
             Ok(Ok(policy)) => {
                 tracing::info!(policy = %name, version = policy.version(), previous = ?current, file = %path.display(), "policy swapped in");

@@ -51,7 +51,13 @@ mod wasm {
     fn install_panic_hook() {
         std::panic::set_hook(Box::new(|info| {
             let message = match info.location() {
-                Some(at) => format!("panicked at {}:{}:{}: {}", at.file(), at.line(), at.column(), payload(info)),
+                Some(at) => format!(
+                    "panicked at {}:{}:{}: {}",
+                    at.file(),
+                    at.line(),
+                    at.column(),
+                    payload(info)
+                ),
                 None => format!("panicked: {}", payload(info)),
             };
             super::bindings::adc::policy::log::write(wit::Level::Error, &message);
@@ -105,7 +111,11 @@ mod wasm {
     }
 
     fn backend(b: wit::Backend) -> Backend {
-        Backend { pool: b.pool, member: b.member, address: b.address }
+        Backend {
+            pool: b.pool,
+            member: b.member,
+            address: b.address,
+        }
     }
 
     impl<P: Policy> Guest for Export<P> {
@@ -144,7 +154,9 @@ mod wasm {
         }
 
         fn on_request_headers(req: &http::Request) -> wit::Decision {
-            decision(with(|p: &P| p.on_request_headers(&Request::__from_sys(req))))
+            decision(with(|p: &P| {
+                p.on_request_headers(&Request::__from_sys(req))
+            }))
         }
 
         fn on_request_body(req: &http::Request) -> wit::Decision {
@@ -153,12 +165,20 @@ mod wasm {
 
         fn on_backend_selected(req: &http::Request, b: wit::Backend) -> wit::Decision {
             let b = backend(b);
-            decision(with(|p: &P| p.on_backend_selected(&Request::__from_sys(req), &b)))
+            decision(with(|p: &P| {
+                p.on_backend_selected(&Request::__from_sys(req), &b)
+            }))
         }
 
-        fn on_backend_failed(req: &http::Request, b: wit::Backend, reason: String) -> wit::Decision {
+        fn on_backend_failed(
+            req: &http::Request,
+            b: wit::Backend,
+            reason: String,
+        ) -> wit::Decision {
             let b = backend(b);
-            decision(with(|p: &P| p.on_backend_failed(&Request::__from_sys(req), &b, &reason)))
+            decision(with(|p: &P| {
+                p.on_backend_failed(&Request::__from_sys(req), &b, &reason)
+            }))
         }
 
         fn on_response_headers(req: &http::Request, resp: &http::Response) -> wit::Decision {

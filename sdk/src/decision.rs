@@ -40,18 +40,27 @@ impl Decision {
 
     /// Redirect the client to `location`.
     pub fn redirect(status: u16, location: impl Into<String>) -> Decision {
-        Decision::Redirect { status, location: location.into() }
+        Decision::Redirect {
+            status,
+            location: location.into(),
+        }
     }
 
     /// Send the request to `pool`.
     pub fn route(pool: impl Into<String>) -> Decision {
-        Decision::Route { pool: pool.into(), member: None }
+        Decision::Route {
+            pool: pool.into(),
+            member: None,
+        }
     }
 
     /// Send the request to `member` of `pool`, or to another member of the
     /// pool when that one is down or drained.
     pub fn route_to_member(pool: impl Into<String>, member: impl Into<String>) -> Decision {
-        Decision::Route { pool: pool.into(), member: Some(member.into()) }
+        Decision::Route {
+            pool: pool.into(),
+            member: Some(member.into()),
+        }
     }
 }
 
@@ -69,7 +78,11 @@ pub struct Reply {
 impl Reply {
     /// An empty answer with this status.
     pub fn new(status: u16) -> Reply {
-        Reply { status, headers: Vec::new(), body: Vec::new() }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// Add a header line.

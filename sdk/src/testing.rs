@@ -44,7 +44,10 @@ pub struct TestHost(());
 
 impl TestHost {
     /// A fresh mock host for this thread.
-    #[allow(clippy::new_without_default, reason = "creating one resets state: keep it explicit")]
+    #[allow(
+        clippy::new_without_default,
+        reason = "creating one resets state: keep it explicit"
+    )]
     pub fn new() -> TestHost {
         STATE.with(|s| *s.borrow_mut() = State::fresh());
         TestHost(())
@@ -86,7 +89,13 @@ impl TestHost {
 
     /// The values recorded in a histogram.
     pub fn histogram(&self, series: &str) -> Vec<f64> {
-        STATE.with(|s| s.borrow().histograms.get(series).cloned().unwrap_or_default())
+        STATE.with(|s| {
+            s.borrow()
+                .histograms
+                .get(series)
+                .cloned()
+                .unwrap_or_default()
+        })
     }
 
     /// Declare a pool and its members for [`crate::pools`].
@@ -115,7 +124,10 @@ struct Message {
 
 impl Message {
     fn get(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     }
 
     fn values(&self, name: &str) -> Vec<String> {
@@ -152,13 +164,15 @@ impl Message {
     fn set(&mut self, name: &str, value: &str) -> Result<(), EditError> {
         Self::check(name, value)?;
         self.remove(name);
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         Ok(())
     }
 
     fn append(&mut self, name: &str, value: &str) -> Result<(), EditError> {
         Self::check(name, value)?;
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         Ok(())
     }
 
@@ -200,7 +214,10 @@ impl MockRequest {
             scheme: "http".to_owned(),
             version: "HTTP/1.1".to_owned(),
             client_ip: "127.0.0.1".to_owned(),
-            message: RefCell::new(Message { headers: Vec::new(), body: None }),
+            message: RefCell::new(Message {
+                headers: Vec::new(),
+                body: None,
+            }),
             vars: RefCell::new(Vec::new()),
         }
     }
@@ -212,7 +229,10 @@ impl MockRequest {
 
     /// Add a header line (any name, as a client may send it).
     pub fn with_header(self, name: &str, value: &str) -> MockRequest {
-        self.message.borrow_mut().headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.message
+            .borrow_mut()
+            .headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
 
@@ -329,11 +349,17 @@ impl MockRequest {
     }
 
     pub(crate) fn cookie(&self, name: &str) -> Option<String> {
-        self.cookies().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.cookies()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     pub(crate) fn cookies(&self) -> Vec<(String, String)> {
-        self.header_values("cookie").iter().flat_map(|v| text::parse_cookies(v)).collect()
+        self.header_values("cookie")
+            .iter()
+            .flat_map(|v| text::parse_cookies(v))
+            .collect()
     }
 
     pub(crate) fn body(&self) -> Option<Vec<u8>> {
@@ -345,7 +371,11 @@ impl MockRequest {
     }
 
     pub(crate) fn var(&self, name: &str) -> Option<String> {
-        self.vars.borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        self.vars
+            .borrow()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     pub(crate) fn set_var(&self, name: &str, value: &str) {
@@ -367,13 +397,19 @@ impl MockResponse {
     pub fn new(status: u16) -> MockResponse {
         MockResponse {
             status: RefCell::new(status),
-            message: RefCell::new(Message { headers: Vec::new(), body: None }),
+            message: RefCell::new(Message {
+                headers: Vec::new(),
+                body: None,
+            }),
         }
     }
 
     /// Add a header line.
     pub fn with_header(self, name: &str, value: &str) -> MockResponse {
-        self.message.borrow_mut().headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.message
+            .borrow_mut()
+            .headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
 

@@ -55,7 +55,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,13 +75,15 @@ impl Engine {
         // The epoch ticker: one thread for the whole process. It holds only a
         // weak handle, so it ends with the engine.
         let weak = engine.weak();
-        std::thread::Builder::new().name("adc-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("adc-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
 
         Ok(Arc::new(Engine {
             engine,
@@ -102,7 +106,12 @@ impl Engine {
         if wasm[4..8] == [1, 0, 0, 0] {
             return Err(LoadError::CoreModule);
         }
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(hash) {
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+        {
             return Ok(c.clone());
         }
 
@@ -132,18 +141,25 @@ impl Engine {
         Ok(component)
     }
 
-    fn compile_and_store(&self, wasm: &[u8], cache: Option<&PathBuf>) -> Result<Component, LoadError> {
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    fn compile_and_store(
+        &self,
+        wasm: &[u8],
+        cache: Option<&PathBuf>,
+    ) -> Result<Component, LoadError> {
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let Some(path) = cache {
-            let written = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, path)
-            });
+            let written = component
+                .serialize()
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, bytes)?;
+                    std::fs::rename(&tmp, path)
+                });
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write compiled artifact");
             }
@@ -151,7 +167,10 @@ impl Engine {
         Ok(component)
     }
 
-    #[allow(unsafe_code, reason = "loads machine code that this process compiled and wrote itself")]
+    #[allow(
+        unsafe_code,
+        reason = "loads machine code that this process compiled and wrote itself"
+    )]
     fn deserialize(&self, path: &std::path::Path) -> wasmtime::Result<Component> {
         // SAFETY: the file was produced by `Component::serialize` of this
         // engine (the name carries the engine's compatibility hash) into the
@@ -171,7 +190,13 @@ impl Engine {
 
     /// Sweep expired entries of every shared table.
     pub fn sweep_tables(&self) {
-        let tables: Vec<_> = self.tables.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let tables: Vec<_> = self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for t in tables {
             t.sweep();
         }
@@ -218,8 +243,10 @@ impl Engine {
         options: PolicyOptions,
         pools: Arc<dyn PoolDirectory>,
     ) -> Result<Arc<LoadedPolicy>, LoadError> {
-        let wasm = std::fs::read(path)
-            .map_err(|error| LoadError::Io { path: path.display().to_string(), error })?;
+        let wasm = std::fs::read(path).map_err(|error| LoadError::Io {
+            path: path.display().to_string(),
+            error,
+        })?;
         self.load(name, &wasm, options, pools)
     }
 }

@@ -65,7 +65,10 @@ impl Exchange {
     }
 
     pub fn var(&self, name: &str) -> Option<String> {
-        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     pub fn set_var(&mut self, name: String, value: String) {

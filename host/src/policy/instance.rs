@@ -92,7 +92,11 @@ impl LoadedPolicy {
         let hook_metrics = Hook::ALL
             .iter()
             .map(|h| {
-                let labels = [("policy", name.to_owned()), ("version", version.clone()), ("hook", h.name().to_owned())];
+                let labels = [
+                    ("policy", name.to_owned()),
+                    ("version", version.clone()),
+                    ("hook", h.name().to_owned()),
+                ];
                 HookMetrics {
                     calls: metrics::counter!("adc_policy_hook_calls_total", &labels),
                     duration: metrics::histogram!("adc_policy_hook_duration_seconds", &labels),
@@ -158,7 +162,10 @@ impl LoadedPolicy {
         let state = StoreState {
             shared: self.shared.clone(),
             exchange: None,
-            limiter: Limiter { memory_cap: self.options.memory_cap, memory_denied: false },
+            limiter: Limiter {
+                memory_cap: self.options.memory_cap,
+                memory_denied: false,
+            },
             started: Instant::now(),
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -174,7 +181,10 @@ impl LoadedPolicy {
     fn fault(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> Fault {
         if store.data().limiter.memory_denied {
             Fault::MemoryCap(self.options.memory_cap)
-        } else if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        } else if matches!(
+            error.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
             Fault::CpuBudget(self.options.cpu_budget)
         } else {
             Fault::Trap(format!("{error:#}"))
@@ -189,12 +199,20 @@ impl LoadedPolicy {
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
         };
         store.set_epoch_deadline(self.budget_ticks());
-        let registration = match bindings.adc_policy_handler().call_init(&mut store, &self.options.settings_json) {
+        let registration = match bindings
+            .adc_policy_handler()
+            .call_init(&mut store, &self.options.settings_json)
+        {
             Ok(Ok(r)) => r,
             Ok(Err(message)) => return Err(LoadError::Init(message)),
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
         };
-        let instance = Instance { policy_id: self.id, name: self.name.clone(), store, bindings };
+        let instance = Instance {
+            policy_id: self.id,
+            name: self.name.clone(),
+            store,
+            bindings,
+        };
         Ok((instance, registration))
     }
 
@@ -218,7 +236,9 @@ impl LoadedPolicy {
                             instances.push(instance);
                             instances.len() - 1
                         }
-                        Err(LoadError::Trap(fault)) => return (exchange, Err(self.count_fault(hook, fault))),
+                        Err(LoadError::Trap(fault)) => {
+                            return (exchange, Err(self.count_fault(hook, fault)))
+                        }
                         Err(e) => {
                             let fault = Fault::Trap(e.to_string());
                             return (exchange, Err(self.count_fault(hook, fault)));
@@ -249,30 +269,47 @@ impl LoadedPolicy {
     }
 
     fn count_fault(&self, hook: Hook, fault: Fault) -> Fault {
-        metrics::counter!("adc_policy_faults_total", &[
-            ("policy", self.name.to_string()),
-            ("version", self.version.clone()),
-            ("kind", fault.kind().to_owned()),
-        ])
+        metrics::counter!(
+            "adc_policy_faults_total",
+            &[
+                ("policy", self.name.to_string()),
+                ("version", self.version.clone()),
+                ("kind", fault.kind().to_owned()),
+            ]
+        )
         .increment(1);
         tracing::warn!(policy = %self.name, version = %self.version, hook = hook.name(), "policy {fault}; its instance is replaced");
         fault
     }
 
     pub fn on_connect(&self, conn: &Connection) -> Result<Decision, Fault> {
-        self.call(Hook::Connect, None, |g, s| g.call_on_connect(s, conn)).1
+        self.call(Hook::Connect, None, |g, s| g.call_on_connect(s, conn))
+            .1
     }
 
-    pub fn on_request_headers(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::RequestHeaders, ex, |g, s| g.call_on_request_headers(s, request()))
+    pub fn on_request_headers(
+        &self,
+        ex: Box<Exchange>,
+    ) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::RequestHeaders, ex, |g, s| {
+            g.call_on_request_headers(s, request())
+        })
     }
 
     pub fn on_request_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::RequestBody, ex, |g, s| g.call_on_request_body(s, request()))
+        self.call_exchange(Hook::RequestBody, ex, |g, s| {
+            g.call_on_request_body(s, request())
+        })
     }
 
-    pub fn on_backend_selected(&self, ex: Box<Exchange>, backend: &Backend) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::BackendSelected, ex, |g, s| g.call_on_backend_selected(s, request(), backend))
+    pub fn on_backend_selected(
+        &self,
+        ex: Box<Exchange>,
+        backend: &Backend,
+    ) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::BackendSelected, ex, |g, s| {
+            g.call_on_backend_selected(s, request(), backend)
+        })
     }
 
     pub fn on_backend_failed(
@@ -281,18 +318,31 @@ impl LoadedPolicy {
         backend: &Backend,
         reason: &str,
     ) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::BackendFailed, ex, |g, s| g.call_on_backend_failed(s, request(), backend, reason))
+        self.call_exchange(Hook::BackendFailed, ex, |g, s| {
+            g.call_on_backend_failed(s, request(), backend, reason)
+        })
     }
 
-    pub fn on_response_headers(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::ResponseHeaders, ex, |g, s| g.call_on_response_headers(s, request(), response()))
+    pub fn on_response_headers(
+        &self,
+        ex: Box<Exchange>,
+    ) -> (Box<Exchange>, Result<Decision, Fault>) {
+        self.call_exchange(Hook::ResponseHeaders, ex, |g, s| {
+            g.call_on_response_headers(s, request(), response())
+        })
     }
 
     pub fn on_response_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::ResponseBody, ex, |g, s| g.call_on_response_body(s, request(), response()))
+        self.call_exchange(Hook::ResponseBody, ex, |g, s| {
+            g.call_on_response_body(s, request(), response())
+        })
     }
 
-    pub fn on_end(&self, ex: Box<Exchange>, summary: &Transaction) -> (Box<Exchange>, Result<(), Fault>) {
+    pub fn on_end(
+        &self,
+        ex: Box<Exchange>,
+        summary: &Transaction,
+    ) -> (Box<Exchange>, Result<(), Fault>) {
         self.call_exchange(Hook::End, ex, |g, s| g.call_on_end(s, request(), summary))
     }
 
@@ -303,7 +353,10 @@ impl LoadedPolicy {
         f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> (Box<Exchange>, Result<R, Fault>) {
         let (ex, result) = self.call(hook, Some(ex), f);
-        (ex.expect("the store hands the exchange back after every call"), result)
+        (
+            ex.expect("the store hands the exchange back after every call"),
+            result,
+        )
     }
 
     /// Labels naming this policy version, for metrics of callers.

@@ -58,13 +58,21 @@ impl Table {
     }
 
     fn live<'a>(map: &'a mut HashMap<String, Entry>, key: &str, now: u64) -> Option<&'a mut Entry> {
-        if map.get(key).is_some_and(|e| e.expires.is_some_and(|at| at <= now)) {
+        if map
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|at| at <= now))
+        {
             map.remove(key);
         }
         map.get_mut(key)
     }
 
-    fn insert(&self, map: &mut HashMap<String, Entry>, key: &str, entry: Entry) -> Result<(), KvError> {
+    fn insert(
+        &self,
+        map: &mut HashMap<String, Entry>,
+        key: &str,
+        entry: Entry,
+    ) -> Result<(), KvError> {
         if key.len() > MAX_KEY_BYTES || entry.value.len() > MAX_VALUE_BYTES {
             return Err(KvError::TooLarge);
         }
@@ -100,7 +108,8 @@ impl Table {
             return Ok(false);
         }
         let expires = self.expiry(ttl_ms);
-        self.insert(&mut map, key, Entry { value, expires }).map(|()| true)
+        self.insert(&mut map, key, Entry { value, expires })
+            .map(|()| true)
     }
 
     pub fn delete(&self, key: &str) -> bool {
@@ -122,7 +131,10 @@ impl Table {
             return Ok(n);
         }
         let expires = self.expiry(ttl_ms);
-        let entry = Entry { value: delta.to_string().into_bytes(), expires };
+        let entry = Entry {
+            value: delta.to_string().into_bytes(),
+            expires,
+        };
         self.insert(&mut map, key, entry).map(|()| delta)
     }
 

@@ -109,8 +109,12 @@ impl log::Host for StoreState {
 
     fn enabled(&mut self, l: types::Level) -> bool {
         match level(l) {
-            tracing::Level::TRACE => tracing::enabled!(target: "adc::policy", tracing::Level::TRACE),
-            tracing::Level::DEBUG => tracing::enabled!(target: "adc::policy", tracing::Level::DEBUG),
+            tracing::Level::TRACE => {
+                tracing::enabled!(target: "adc::policy", tracing::Level::TRACE)
+            }
+            tracing::Level::DEBUG => {
+                tracing::enabled!(target: "adc::policy", tracing::Level::DEBUG)
+            }
             tracing::Level::INFO => tracing::enabled!(target: "adc::policy", tracing::Level::INFO),
             tracing::Level::WARN => tracing::enabled!(target: "adc::policy", tracing::Level::WARN),
             _ => tracing::enabled!(target: "adc::policy", tracing::Level::ERROR),
@@ -171,7 +175,13 @@ impl StoreState {
             }
             out.push(metrics::Label::new(l.name.clone(), l.value.clone()));
         }
-        let key = self.shared.hasher.hash_one((name, labels.iter().map(|l| (&l.name, &l.value)).collect::<Vec<_>>()));
+        let key = self.shared.hasher.hash_one((
+            name,
+            labels
+                .iter()
+                .map(|l| (&l.name, &l.value))
+                .collect::<Vec<_>>(),
+        ));
         let mut series = self.shared.series.lock().unwrap_or_else(|p| p.into_inner());
         if !series.contains(&key) {
             if series.len() >= self.shared.series_limit {
@@ -293,21 +303,36 @@ impl whttp::Host for StoreState {}
 /// is one per call, so the handle's number carries nothing.
 impl whttp::HostRequest for StoreState {
     fn method(&mut self, _: Resource<RequestRef>) -> String {
-        self.exchange().map(|e| e.request.method.to_string()).unwrap_or_default()
+        self.exchange()
+            .map(|e| e.request.method.to_string())
+            .unwrap_or_default()
     }
 
-    fn set_method(&mut self, _: Resource<RequestRef>, method: String) -> Result<(), types::EditError> {
-        self.exchange_mut().ok_or(types::EditError::InvalidTarget)?.set_method(&method)
+    fn set_method(
+        &mut self,
+        _: Resource<RequestRef>,
+        method: String,
+    ) -> Result<(), types::EditError> {
+        self.exchange_mut()
+            .ok_or(types::EditError::InvalidTarget)?
+            .set_method(&method)
     }
 
     fn uri(&mut self, _: Resource<RequestRef>) -> String {
         self.exchange()
-            .and_then(|e| e.request.uri.path_and_query().map(|pq| pq.as_str().to_owned()))
+            .and_then(|e| {
+                e.request
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str().to_owned())
+            })
             .unwrap_or_else(|| "/".to_owned())
     }
 
     fn set_uri(&mut self, _: Resource<RequestRef>, uri: String) -> Result<(), types::EditError> {
-        self.exchange_mut().ok_or(types::EditError::InvalidTarget)?.set_uri(&uri)
+        self.exchange_mut()
+            .ok_or(types::EditError::InvalidTarget)?
+            .set_uri(&uri)
     }
 
     fn path(&mut self, _: Resource<RequestRef>) -> String {
@@ -317,7 +342,8 @@ impl whttp::HostRequest for StoreState {
     }
 
     fn query(&mut self, _: Resource<RequestRef>) -> Option<String> {
-        self.exchange().and_then(|e| e.request.uri.query().map(str::to_owned))
+        self.exchange()
+            .and_then(|e| e.request.uri.query().map(str::to_owned))
     }
 
     fn query_param(&mut self, _: Resource<RequestRef>, name: String) -> Option<String> {
@@ -346,7 +372,9 @@ impl whttp::HostRequest for StoreState {
     }
 
     fn client_ip(&mut self, _: Resource<RequestRef>) -> String {
-        self.exchange().map(|e| e.client_ip.to_string()).unwrap_or_default()
+        self.exchange()
+            .map(|e| e.client_ip.to_string())
+            .unwrap_or_default()
     }
 
     fn header(&mut self, _: Resource<RequestRef>, name: String) -> Option<String> {
@@ -354,33 +382,53 @@ impl whttp::HostRequest for StoreState {
     }
 
     fn header_values(&mut self, _: Resource<RequestRef>, name: String) -> Vec<String> {
-        self.exchange().map(|e| exchange::header_values(&e.request.headers, &name)).unwrap_or_default()
+        self.exchange()
+            .map(|e| exchange::header_values(&e.request.headers, &name))
+            .unwrap_or_default()
     }
 
     fn header_names(&mut self, _: Resource<RequestRef>) -> Vec<String> {
-        self.exchange().map(|e| exchange::header_names(&e.request.headers)).unwrap_or_default()
+        self.exchange()
+            .map(|e| exchange::header_names(&e.request.headers))
+            .unwrap_or_default()
     }
 
-    fn set_header(&mut self, _: Resource<RequestRef>, name: String, value: String) -> Result<(), types::EditError> {
+    fn set_header(
+        &mut self,
+        _: Resource<RequestRef>,
+        name: String,
+        value: String,
+    ) -> Result<(), types::EditError> {
         let e = self.exchange_mut().ok_or(types::EditError::InvalidName)?;
         exchange::set_header(&mut e.request.headers, &name, &value)
     }
 
-    fn append_header(&mut self, _: Resource<RequestRef>, name: String, value: String) -> Result<(), types::EditError> {
+    fn append_header(
+        &mut self,
+        _: Resource<RequestRef>,
+        name: String,
+        value: String,
+    ) -> Result<(), types::EditError> {
         let e = self.exchange_mut().ok_or(types::EditError::InvalidName)?;
         exchange::append_header(&mut e.request.headers, &name, &value)
     }
 
     fn remove_header(&mut self, _: Resource<RequestRef>, name: String) -> bool {
-        self.exchange_mut().is_some_and(|e| exchange::remove_header(&mut e.request.headers, &name))
+        self.exchange_mut()
+            .is_some_and(|e| exchange::remove_header(&mut e.request.headers, &name))
     }
 
     fn cookie(&mut self, _: Resource<RequestRef>, name: String) -> Option<String> {
-        exchange::cookies(&self.exchange()?.request.headers).into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        exchange::cookies(&self.exchange()?.request.headers)
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     fn cookies(&mut self, _: Resource<RequestRef>) -> Vec<(String, String)> {
-        self.exchange().map(|e| exchange::cookies(&e.request.headers)).unwrap_or_default()
+        self.exchange()
+            .map(|e| exchange::cookies(&e.request.headers))
+            .unwrap_or_default()
     }
 
     fn body(&mut self, _: Resource<RequestRef>) -> Option<Vec<u8>> {
@@ -417,9 +465,16 @@ impl whttp::HostResponse for StoreState {
         self.response().map_or(0, |r| r.status.as_u16())
     }
 
-    fn set_status(&mut self, _: Resource<ResponseRef>, status: u16) -> Result<(), types::EditError> {
-        let status = http::StatusCode::from_u16(status).map_err(|_| types::EditError::InvalidStatus)?;
-        self.response_mut().ok_or(types::EditError::InvalidStatus)?.status = status;
+    fn set_status(
+        &mut self,
+        _: Resource<ResponseRef>,
+        status: u16,
+    ) -> Result<(), types::EditError> {
+        let status =
+            http::StatusCode::from_u16(status).map_err(|_| types::EditError::InvalidStatus)?;
+        self.response_mut()
+            .ok_or(types::EditError::InvalidStatus)?
+            .status = status;
         Ok(())
     }
 
@@ -428,32 +483,51 @@ impl whttp::HostResponse for StoreState {
     }
 
     fn header_values(&mut self, _: Resource<ResponseRef>, name: String) -> Vec<String> {
-        self.response().map(|r| exchange::header_values(&r.headers, &name)).unwrap_or_default()
+        self.response()
+            .map(|r| exchange::header_values(&r.headers, &name))
+            .unwrap_or_default()
     }
 
     fn header_names(&mut self, _: Resource<ResponseRef>) -> Vec<String> {
-        self.response().map(|r| exchange::header_names(&r.headers)).unwrap_or_default()
+        self.response()
+            .map(|r| exchange::header_names(&r.headers))
+            .unwrap_or_default()
     }
 
-    fn set_header(&mut self, _: Resource<ResponseRef>, name: String, value: String) -> Result<(), types::EditError> {
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseRef>,
+        name: String,
+        value: String,
+    ) -> Result<(), types::EditError> {
         let r = self.response_mut().ok_or(types::EditError::InvalidName)?;
         exchange::set_header(&mut r.headers, &name, &value)
     }
 
-    fn append_header(&mut self, _: Resource<ResponseRef>, name: String, value: String) -> Result<(), types::EditError> {
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseRef>,
+        name: String,
+        value: String,
+    ) -> Result<(), types::EditError> {
         let r = self.response_mut().ok_or(types::EditError::InvalidName)?;
         exchange::append_header(&mut r.headers, &name, &value)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseRef>, name: String) -> bool {
-        self.response_mut().is_some_and(|r| exchange::remove_header(&mut r.headers, &name))
+        self.response_mut()
+            .is_some_and(|r| exchange::remove_header(&mut r.headers, &name))
     }
 
     fn body(&mut self, _: Resource<ResponseRef>) -> Option<Vec<u8>> {
         self.exchange()?.response_body.as_ref().map(|b| b.to_vec())
     }
 
-    fn set_body(&mut self, _: Resource<ResponseRef>, body: Vec<u8>) -> Result<(), types::EditError> {
+    fn set_body(
+        &mut self,
+        _: Resource<ResponseRef>,
+        body: Vec<u8>,
+    ) -> Result<(), types::EditError> {
         match self.exchange_mut().and_then(|e| e.response_body.as_mut()) {
             Some(slot) => {
                 *slot = body.into();

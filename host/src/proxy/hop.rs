@@ -63,7 +63,11 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Make a client request ready to forward and return the client address:
 /// the peer, or with `trusted_hops` proxies in front, the address that many
 /// hops from the right of X-Forwarded-For.
-pub fn prepare_request(parts: &mut http::request::Parts, conn: &ConnInfo, trusted_hops: usize) -> IpAddr {
+pub fn prepare_request(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    trusted_hops: usize,
+) -> IpAddr {
     let upgrade = upgrade_requested(parts);
     strip(&mut parts.headers, upgrade);
 
@@ -81,10 +85,19 @@ pub fn prepare_request(parts: &mut http::request::Parts, conn: &ConnInfo, truste
     } else {
         // The peer is the nearest trusted proxy; each further trusted hop
         // vouches for the entry to its left.
-        forwarded.iter().rev().nth(trusted_hops - 1).copied().unwrap_or_else(|| forwarded.first().copied().unwrap_or(peer))
+        forwarded
+            .iter()
+            .rev()
+            .nth(trusted_hops - 1)
+            .copied()
+            .unwrap_or_else(|| forwarded.first().copied().unwrap_or(peer))
     };
 
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) if trusted_hops > 0 => format!("{prior}, {peer}"),
         _ => peer.to_string(),
     };
@@ -93,12 +106,20 @@ pub fn prepare_request(parts: &mut http::request::Parts, conn: &ConnInfo, truste
         parts.headers.insert("x-forwarded-for", v);
     }
     let proto = if conn.tls { "https" } else { "http" };
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     let node = match peer {
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!(";host=\"{h}\"")).unwrap_or_default();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!(";host=\"{h}\""))
+        .unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}{host}")) {
         parts.headers.append(header::FORWARDED, v);
     }
@@ -129,7 +150,10 @@ pub fn set_content_length(headers: &mut HeaderMap, len: usize) {
 
 /// Join the client's and the backend's upgraded connections into a two-way
 /// tunnel, and return the 101 answer for the client.
-pub fn tunnel(ex: &mut Exchange, response: &mut Response<Incoming>) -> Response<Empty<bytes::Bytes>> {
+pub fn tunnel(
+    ex: &mut Exchange,
+    response: &mut Response<Incoming>,
+) -> Response<Empty<bytes::Bytes>> {
     let client = ex.request.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let backend = hyper::upgrade::on(&mut *response);
     tokio::spawn(async move {

@@ -72,10 +72,12 @@ fn apply_request(edits: &HeaderEdits, req: &Request) -> Result<(), String> {
         req.remove_header(name);
     }
     for (name, value) in &edits.set {
-        req.set_header(name, value).map_err(|e| format!("set {name:?}: {e}"))?;
+        req.set_header(name, value)
+            .map_err(|e| format!("set {name:?}: {e}"))?;
     }
     for (name, value) in &edits.append {
-        req.append_header(name, value).map_err(|e| format!("append {name:?}: {e}"))?;
+        req.append_header(name, value)
+            .map_err(|e| format!("append {name:?}: {e}"))?;
     }
     Ok(())
 }
@@ -85,10 +87,12 @@ fn apply_response(edits: &HeaderEdits, resp: &Response) -> Result<(), String> {
         resp.remove_header(name);
     }
     for (name, value) in &edits.set {
-        resp.set_header(name, value).map_err(|e| format!("set {name:?}: {e}"))?;
+        resp.set_header(name, value)
+            .map_err(|e| format!("set {name:?}: {e}"))?;
     }
     for (name, value) in &edits.append {
-        resp.append_header(name, value).map_err(|e| format!("append {name:?}: {e}"))?;
+        resp.append_header(name, value)
+            .map_err(|e| format!("append {name:?}: {e}"))?;
     }
     Ok(())
 }
@@ -125,7 +129,10 @@ impl Policy for Rewrite {
     }
 
     fn body_limits(&self) -> BodyLimits {
-        BodyLimits { request: 0, response: self.settings.body.as_ref().map_or(0, |b| b.max_bytes) }
+        BodyLimits {
+            request: 0,
+            response: self.settings.body.as_ref().map_or(0, |b| b.max_bytes),
+        }
     }
 
     fn on_request_headers(&self, req: &Request) -> Decision {
@@ -165,9 +172,12 @@ impl Policy for Rewrite {
         let Some(rules) = &self.settings.body else {
             return Decision::Continue;
         };
-        let matches = resp
-            .header("content-type")
-            .is_some_and(|ct| rules.content_types.iter().any(|t| t.eq_ignore_ascii_case(media_type(&ct))));
+        let matches = resp.header("content-type").is_some_and(|ct| {
+            rules
+                .content_types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(media_type(&ct)))
+        });
         if !matches {
             return Decision::Continue;
         }
@@ -196,18 +206,29 @@ mod tests {
         let policy: Rewrite = host
             .init(r#"{"request_headers": {"remove": ["x-debug"], "set": [["x-env", "prod"]], "append": [["via", "adc"]]}}"#)
             .unwrap();
-        let req = MockRequest::get("/").with_header("x-debug", "1").with_header("via", "cdn");
-        assert_eq!(policy.on_request_headers(&req.as_request()), Decision::Continue);
+        let req = MockRequest::get("/")
+            .with_header("x-debug", "1")
+            .with_header("via", "cdn");
+        assert_eq!(
+            policy.on_request_headers(&req.as_request()),
+            Decision::Continue
+        );
         assert_eq!(
             req.headers(),
-            vec![("via".into(), "cdn".into()), ("x-env".into(), "prod".into()), ("via".into(), "adc".into())]
+            vec![
+                ("via".into(), "cdn".into()),
+                ("x-env".into(), "prod".into()),
+                ("via".into(), "adc".into())
+            ]
         );
     }
 
     #[test]
     fn url_prefix_is_rewritten_and_query_kept() {
         let host = TestHost::new();
-        let policy: Rewrite = host.init(r#"{"url": [{"from": "/old/", "to": "/new/"}]}"#).unwrap();
+        let policy: Rewrite = host
+            .init(r#"{"url": [{"from": "/old/", "to": "/new/"}]}"#)
+            .unwrap();
         let req = MockRequest::get("/old/page?x=1");
         policy.on_request_headers(&req.as_request());
         assert_eq!(req.as_request().uri(), "/new/page?x=1");
@@ -222,7 +243,10 @@ mod tests {
         let req = MockRequest::get("/");
         let resp = MockResponse::new(302).with_header("location", "http://10.0.0.5:8080/login");
         policy.on_response_headers(&req.as_request(), &resp.as_response());
-        assert_eq!(resp.as_response().header("location").as_deref(), Some("https://www.example.com/login"));
+        assert_eq!(
+            resp.as_response().header("location").as_deref(),
+            Some("https://www.example.com/login")
+        );
     }
 
     #[test]
@@ -232,10 +256,14 @@ mod tests {
             .init(r#"{"body": {"content_types": ["text/html"], "replace": [{"from": "http://", "to": "https://"}]}}"#)
             .unwrap();
         let req = MockRequest::get("/");
-        let html = MockResponse::new(200).with_header("content-type", "text/html; charset=utf-8").with_body(b"<a href=http://x>");
+        let html = MockResponse::new(200)
+            .with_header("content-type", "text/html; charset=utf-8")
+            .with_body(b"<a href=http://x>");
         policy.on_response_body(&req.as_request(), &html.as_response());
         assert_eq!(html.as_response().body().unwrap(), b"<a href=https://x>");
-        let json = MockResponse::new(200).with_header("content-type", "application/json").with_body(b"http://x");
+        let json = MockResponse::new(200)
+            .with_header("content-type", "application/json")
+            .with_body(b"http://x");
         policy.on_response_body(&req.as_request(), &json.as_response());
         assert_eq!(json.as_response().body().unwrap(), b"http://x");
     }
@@ -243,11 +271,16 @@ mod tests {
     #[test]
     fn managed_headers_cannot_be_set() {
         let host = TestHost::new();
-        let policy: Rewrite = host.init(r#"{"request_headers": {"set": [["connection", "close"]]}}"#).unwrap();
+        let policy: Rewrite = host
+            .init(r#"{"request_headers": {"set": [["connection", "close"]]}}"#)
+            .unwrap();
         let req = MockRequest::get("/");
         policy.on_request_headers(&req.as_request());
         assert!(req.headers().is_empty());
-        assert!(host.logs().iter().any(|(_, l)| l.contains("header is managed by the host")));
+        assert!(host
+            .logs()
+            .iter()
+            .any(|(_, l)| l.contains("header is managed by the host")));
     }
 
     #[test]

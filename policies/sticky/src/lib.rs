@@ -59,15 +59,17 @@ struct Settings {
     ttl: Option<u64>,
 }
 
+/// What insert mode needs.
+struct Insert {
+    signer: Signer,
+    /// Seconds; `None` for a browser-session cookie.
+    max_age: Option<u64>,
+    attributes: Attributes,
+}
+
 enum Mode {
-    Insert {
-        signer: Signer,
-        max_age: Option<u64>,
-        attributes: Attributes,
-    },
-    Learn {
-        ttl: Duration,
-    },
+    Insert(Insert),
+    Learn { ttl: Duration },
 }
 
 /// Transaction variables, named after the pool so that two instances of
@@ -137,15 +139,16 @@ fn insert_mode(s: &mut Settings) -> Result<Mode, Error> {
     attributes.validate()?;
 
     let previous = std::mem::take(&mut s.previous_secrets);
-    Ok(Mode::Insert {
-        signer: Signer::new(
-            &s.pool,
-            secret.into_bytes(),
-            previous.into_iter().map(String::into_bytes).collect(),
-        ),
+    let signer = Signer::new(
+        &s.pool,
+        secret.into_bytes(),
+        previous.into_iter().map(String::into_bytes).collect(),
+    );
+    Ok(Mode::Insert(Insert {
+        signer,
         max_age: s.max_age,
         attributes,
-    })
+    }))
 }
 
 fn learn_mode(s: &Settings) -> Result<Mode, Error> {
@@ -261,14 +264,12 @@ impl Sticky {
         Decision::route_to_member(&self.pool, member)
     }
 
-    fn insert_response(
-        &self,
-        req: &Request,
-        resp: &Response,
-        member: &str,
-        mode: (&Signer, Option<u64>, &Attributes),
-    ) {
-        let (signer, max_age, attributes) = mode;
+    fn insert_response(&self, req: &Request, resp: &Response, member: &str, insert: &Insert) {
+        let Insert {
+            signer,
+            max_age,
+            attributes,
+        } = insert;
         let now = now_secs();
         let presented = req
             .var(&self.vars.presented)
@@ -285,7 +286,7 @@ impl Sticky {
         let expiry = max_age.map_or(0, |age| now + age);
         let value = signer.seal(member, expiry);
         let secure = attributes.secure.unwrap_or_else(|| req.scheme() == "https");
-        let line = attributes.set_cookie(&self.cookie, &value, max_age, secure);
+        let line = attributes.set_cookie(&self.cookie, &value, *max_age, secure);
         match resp.append_header("set-cookie", &line) {
             Ok(()) => {
                 let _ = metrics::counter_add("sticky_cookies_issued_total", 1, &[]);
@@ -368,7 +369,7 @@ impl Policy for Sticky {
             return Decision::Continue;
         }
         match &self.mode {
-            Mode::Insert { signer, .. } => self.insert_request(req, signer),
+            Mode::Insert(insert) => self.insert_request(req, &insert.signer),
             Mode::Learn { ttl } => self.learn_request(req, *ttl),
         }
     }
@@ -385,11 +386,7 @@ impl Policy for Sticky {
             return Decision::Continue;
         };
         match &self.mode {
-            Mode::Insert {
-                signer,
-                max_age,
-                attributes,
-            } => self.insert_response(req, resp, &member, (signer, *max_age, attributes)),
+            Mode::Insert(insert) => self.insert_response(req, resp, &member, insert),
             Mode::Learn { ttl } => self.learn_response(req, resp, &member, *ttl),
         }
         Decision::Continue

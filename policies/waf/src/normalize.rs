@@ -43,7 +43,9 @@ fn hex(b: u8) -> Option<u8> {
 
 fn hex_at(bytes: &[u8], at: usize, len: usize) -> Option<u32> {
     let digits = bytes.get(at..at + len)?;
-    digits.iter().try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex(b)?)))
+    digits
+        .iter()
+        .try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex(b)?)))
 }
 
 /// One round of percent-decoding; invalid escapes stay as written.
@@ -59,7 +61,11 @@ pub(crate) fn percent_decode_once(input: &[u8], plus_is_space: bool) -> Vec<u8> 
                     continue;
                 }
                 let wide = matches!(input.get(i + 1), Some(b'u' | b'U'));
-                if let Some(c) = wide.then(|| hex_at(input, i + 2, 4)).flatten().and_then(char::from_u32) {
+                if let Some(c) = wide
+                    .then(|| hex_at(input, i + 2, 4))
+                    .flatten()
+                    .and_then(char::from_u32)
+                {
                     let mut buf = [0; 4];
                     out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                     i += 6;
@@ -197,10 +203,21 @@ fn reference(tail: &str) -> Option<(char, usize)> {
     let run = |s: &str, f: fn(&char) -> bool| s.chars().take_while(f).count();
     let (c, len) = if let Some(num) = tail.strip_prefix("#x").or_else(|| tail.strip_prefix("#X")) {
         let n = run(num, char::is_ascii_hexdigit);
-        (u32::from_str_radix(num.get(..n.min(8))?, 16).ok().and_then(char::from_u32)?, 2 + n)
+        (
+            u32::from_str_radix(num.get(..n.min(8))?, 16)
+                .ok()
+                .and_then(char::from_u32)?,
+            2 + n,
+        )
     } else if let Some(num) = tail.strip_prefix('#') {
         let n = run(num, char::is_ascii_digit);
-        (num.get(..n.min(10))?.parse::<u32>().ok().and_then(char::from_u32)?, 1 + n)
+        (
+            num.get(..n.min(10))?
+                .parse::<u32>()
+                .ok()
+                .and_then(char::from_u32)?,
+            1 + n,
+        )
     } else {
         let n = run(tail, char::is_ascii_alphanumeric);
         (named_reference(&tail[..n])?, n)
@@ -240,7 +257,10 @@ pub(crate) fn normalize(raw: &[u8], form: bool, rounds: u8) -> Normalized {
     lower.make_ascii_lowercase();
 
     let referenced = decode_references(&lower).to_ascii_lowercase();
-    let url = referenced.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r' | '\0')).collect();
+    let url = referenced
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r' | '\0'))
+        .collect();
     Normalized {
         text: collapse_whitespace(&lower),
         sql: collapse_whitespace(&strip_sql_comments(&lower)),
@@ -291,14 +311,23 @@ mod tests {
 
     #[test]
     fn case_and_whitespace_are_normalised() {
-        assert_eq!(normalize(b"UNION%0a%09  SeLeCt", false, 3).text, "union select");
+        assert_eq!(
+            normalize(b"UNION%0a%09  SeLeCt", false, 3).text,
+            "union select"
+        );
     }
 
     #[test]
     fn sql_comments_are_removed_but_executable_ones_keep_their_body() {
         assert_eq!(normalize(b"union/**/select", false, 3).sql, "union select");
-        assert_eq!(normalize(b"union/*!50000select*/1", false, 3).sql, "union select 1");
-        assert_eq!(normalize(b"union-- x\nselect", false, 3).sql, "union select");
+        assert_eq!(
+            normalize(b"union/*!50000select*/1", false, 3).sql,
+            "union select 1"
+        );
+        assert_eq!(
+            normalize(b"union-- x\nselect", false, 3).sql,
+            "union select"
+        );
         assert_eq!(normalize(b"union#x%0aselect", false, 3).sql, "union select");
         assert_eq!(normalize(b"a/*b", false, 3).sql, "a b");
         assert_eq!(normalize(b"a-b/c", false, 3).sql, "a-b/c");
@@ -306,13 +335,23 @@ mod tests {
 
     #[test]
     fn character_references_are_decoded_for_html_rules() {
-        let n = normalize(b"&lt;script&gt; &#x3C;img &#60;b &#106avascript&colon;", false, 3);
+        let n = normalize(
+            b"&lt;script&gt; &#x3C;img &#60;b &#106avascript&colon;",
+            false,
+            3,
+        );
         assert_eq!(n.html, "<script> <img <b javascript:");
-        assert_eq!(normalize(b"fish &chips; &#xzz;", false, 3).html, "fish &chips; &#xzz;");
+        assert_eq!(
+            normalize(b"fish &chips; &#xzz;", false, 3).html,
+            "fish &chips; &#xzz;"
+        );
     }
 
     #[test]
     fn the_url_form_drops_tabs_and_line_breaks() {
-        assert_eq!(normalize(b"java%09scr%0aipt:alert(1)", false, 3).url, "javascript:alert(1)");
+        assert_eq!(
+            normalize(b"java%09scr%0aipt:alert(1)", false, 3).url,
+            "javascript:alert(1)"
+        );
     }
 }

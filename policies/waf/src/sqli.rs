@@ -78,7 +78,9 @@ fn operand(b: &[u8], i: usize) -> Option<(usize, Operand<'_>)> {
     }
     let start = i + usize::from(first == b'-');
     if b.get(start).is_some_and(u8::is_ascii_digit) {
-        let end = (start..b.len()).find(|&j| !(b[j].is_ascii_digit() || b[j] == b'.')).unwrap_or(b.len());
+        let end = (start..b.len())
+            .find(|&j| !(b[j].is_ascii_digit() || b[j] == b'.'))
+            .unwrap_or(b.len());
         return Some((end, Operand::Number(&b[i..end])));
     }
     let name = word_at(b, i);
@@ -88,7 +90,9 @@ fn operand(b: &[u8], i: usize) -> Option<(usize, Operand<'_>)> {
     let mut end = i + name.len();
     let open = skip(b, end, b" ");
     if b.get(open) == Some(&b'(') {
-        end = (open..b.len()).find(|&j| b[j] == b')').map_or(b.len(), |j| j + 1);
+        end = (open..b.len())
+            .find(|&j| b[j] == b')')
+            .map_or(b.len(), |j| j + 1);
     }
     Some((end, Operand::Name(name)))
 }
@@ -96,8 +100,13 @@ fn operand(b: &[u8], i: usize) -> Option<(usize, Operand<'_>)> {
 /// The end of a comparison operator at `i`.
 fn comparison(b: &[u8], i: usize) -> Option<usize> {
     const SYMBOLS: [&[u8]; 8] = [b"<=>", b"<>", b"!=", b">=", b"<=", b"=", b"<", b">"];
-    const WORDS: [&[u8]; 7] = [b"like", b"is", b"in", b"between", b"regexp", b"rlike", b"sounds"];
-    if let Some(op) = SYMBOLS.iter().find(|op| b[i.min(b.len())..].starts_with(op)) {
+    const WORDS: [&[u8]; 7] = [
+        b"like", b"is", b"in", b"between", b"regexp", b"rlike", b"sounds",
+    ];
+    if let Some(op) = SYMBOLS
+        .iter()
+        .find(|op| b[i.min(b.len())..].starts_with(op))
+    {
         return Some(i + op.len());
     }
     let w = word_at(b, i);
@@ -132,23 +141,27 @@ fn breakout_quotes(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// `' or 'a'='a`, `1') or (1=1`, `' or true--`, `' order by 3`.
+/// `' or 'a'='a`, `1') or (1=1`, `' or true--`, `' having 1=1`,
+/// `' order by 3`.
 fn quote_breakout(sql: &str) -> bool {
     let b = sql.as_bytes();
     breakout_quotes(b).any(|q| {
         let j = skip(b, q + 1, b" )");
         if word_at(b, j) == b"order" || word_at(b, j) == b"group" {
             let by = skip(b, j + 5, b" ");
-            return word_at(b, by) == b"by" && b.get(skip(b, by + 2, b" ")).is_some_and(u8::is_ascii_digit);
+            return word_at(b, by) == b"by"
+                && b.get(skip(b, by + 2, b" ")).is_some_and(u8::is_ascii_digit);
         }
-        let Some(k) = logic(b, j) else {
+        let having = word_at(b, j) == b"having";
+        let Some(k) = logic(b, j).or(having.then_some(j + 6)) else {
             return false;
         };
         let Some((end, left)) = operand(b, skip(b, k, b" (")) else {
             return false;
         };
         let after = skip(b, end, b" )");
-        comparison(b, after).is_some() || (left.is_literal() && (after == b.len() || b[after] == b';'))
+        comparison(b, after).is_some()
+            || (left.is_literal() && (after == b.len() || b[after] == b';'))
     })
 }
 
@@ -156,24 +169,27 @@ fn quote_breakout(sql: &str) -> bool {
 /// comparison of two literals that is always true.
 fn tautology(sql: &str) -> bool {
     let b = sql.as_bytes();
-    words(sql).into_iter().filter(|(_, w)| matches!(*w, "or" | "and" | "xor")).any(|(at, w)| {
-        let check = || -> Option<bool> {
-            let (end, left) = operand(b, skip(b, at + w.len(), b" ("))?;
-            let op_at = skip(b, end, b" ");
-            let op_end = comparison(b, op_at)?;
-            let (_, right) = operand(b, skip(b, op_end, b" "))?;
-            if !(left.is_literal() && right.is_literal()) || matches!(left, Operand::Name(_)) {
-                return Some(false);
-            }
-            let op = &b[op_at..op_end];
-            Some(match op {
-                b"=" | b"like" | b"<=>" => left == right,
-                b"!=" | b"<>" => left != right,
-                _ => false,
-            })
-        };
-        check() == Some(true)
-    })
+    words(sql)
+        .into_iter()
+        .filter(|(_, w)| matches!(*w, "or" | "and" | "xor"))
+        .any(|(at, w)| {
+            let check = || -> Option<bool> {
+                let (end, left) = operand(b, skip(b, at + w.len(), b" ("))?;
+                let op_at = skip(b, end, b" ");
+                let op_end = comparison(b, op_at)?;
+                let (_, right) = operand(b, skip(b, op_end, b" "))?;
+                if !(left.is_literal() && right.is_literal()) || matches!(left, Operand::Name(_)) {
+                    return Some(false);
+                }
+                let op = &b[op_at..op_end];
+                Some(match op {
+                    b"=" | b"like" | b"<=>" => left == right,
+                    b"!=" | b"<>" => left != right,
+                    _ => false,
+                })
+            };
+            check() == Some(true)
+        })
 }
 
 /// `admin'--`, `x' #`, `1'/*`: a breakout quote followed by a comment that
@@ -183,7 +199,9 @@ fn comment_after_quote(text: &str) -> bool {
     breakout_quotes(b).any(|q| {
         let j = skip(b, q + 1, b" )");
         let rest = &b[j.min(b.len())..];
-        rest.starts_with(b"--") || rest.starts_with(b"/*") || (rest.first() == Some(&b'#') && rest.get(1).is_none_or(|&c| c == b' '))
+        rest.starts_with(b"--")
+            || rest.starts_with(b"/*")
+            || (rest.first() == Some(&b'#') && rest.get(1).is_none_or(|&c| c == b' '))
     })
 }
 
@@ -191,16 +209,40 @@ fn comment_after_quote(text: &str) -> bool {
 fn stacked_query(sql: &str) -> bool {
     let ws = words(sql);
     sql.match_indices(';').any(|(at, _)| {
-        let next: Vec<&str> = ws.iter().filter(|(p, _)| *p > at).take(3).map(|(_, w)| *w).collect();
-        let (first, second, third) = (next.first().copied(), next.get(1).copied(), next.get(2).copied());
+        let next: Vec<&str> = ws
+            .iter()
+            .filter(|(p, _)| *p > at)
+            .take(3)
+            .map(|(_, w)| *w)
+            .collect();
+        let (first, second, third) = (
+            next.first().copied(),
+            next.get(1).copied(),
+            next.get(2).copied(),
+        );
         match (first, second) {
             (Some("drop"), Some(w)) => {
-                matches!(w, "table" | "database" | "schema" | "user" | "view" | "procedure" | "function" | "index")
+                matches!(
+                    w,
+                    "table"
+                        | "database"
+                        | "schema"
+                        | "user"
+                        | "view"
+                        | "procedure"
+                        | "function"
+                        | "index"
+                )
             }
-            (Some("delete"), Some("from")) | (Some("insert"), Some("into")) | (Some("truncate"), Some("table")) => true,
+            (Some("delete"), Some("from"))
+            | (Some("insert"), Some("into"))
+            | (Some("truncate"), Some("table")) => true,
             (Some("update"), Some(_)) => third == Some("set"),
             (Some("alter" | "create"), Some(w)) => {
-                matches!(w, "table" | "database" | "user" | "function" | "procedure" | "view" | "trigger")
+                matches!(
+                    w,
+                    "table" | "database" | "user" | "function" | "procedure" | "view" | "trigger"
+                )
             }
             (Some("declare"), Some(w)) => w.starts_with('@'),
             (Some("exec" | "execute" | "shutdown"), _) => true,
@@ -225,10 +267,11 @@ fn functions(sql: &str) -> bool {
                 let end = skip(b, arg, b"0123456789");
                 end > arg && b.get(skip(b, end, b" ")) == Some(&b')')
             }),
-            "benchmark" => call(at, w).is_some_and(|arg| b.get(arg).is_some_and(u8::is_ascii_digit)),
-            "pg_sleep" | "load_file" | "extractvalue" | "updatexml" | "utl_inaddr" | "dbms_pipe" => {
-                call(at, w).is_some()
+            "benchmark" => {
+                call(at, w).is_some_and(|arg| b.get(arg).is_some_and(u8::is_ascii_digit))
             }
+            "pg_sleep" | "load_file" | "extractvalue" | "updatexml" | "utl_inaddr"
+            | "dbms_pipe" => call(at, w).is_some(),
             "xp_cmdshell" | "@@version" | "@@datadir" => true,
             "waitfor" => matches!(next, Some("delay" | "time")),
             "into" => matches!(next, Some("outfile" | "dumpfile")),
@@ -239,7 +282,14 @@ fn functions(sql: &str) -> bool {
 
 /// Names of the catalogues an attacker reads to map the database.
 fn schema(sql: &str) -> bool {
-    const NAMES: [&str; 6] = ["information_schema", "sqlite_master", "pg_catalog", "sysobjects", "syscolumns", "all_tables"];
+    const NAMES: [&str; 6] = [
+        "information_schema",
+        "sqlite_master",
+        "pg_catalog",
+        "sysobjects",
+        "syscolumns",
+        "all_tables",
+    ];
     words(sql).iter().any(|(_, w)| NAMES.contains(w)) || sql.contains("mysql.user")
 }
 
@@ -289,7 +339,10 @@ mod tests {
     #[test]
     fn attacks_are_caught_by_the_rule_for_their_shape() {
         let cases = [
-            ("1 UNION SELECT username, password FROM users", "sqli-union-select"),
+            (
+                "1 UNION SELECT username, password FROM users",
+                "sqli-union-select",
+            ),
             ("1 union/**/all/**/select 1,2", "sqli-union-select"),
             ("1%20UnIoN%0aSeLeCt%201", "sqli-union-select"),
             ("1 /*!50000union*/ /*!50000select*/ 1", "sqli-union-select"),
@@ -300,6 +353,7 @@ mod tests {
             ("' or true--", "sqli-quote-breakout"),
             ("1' || 1=1 #", "sqli-quote-breakout"),
             ("' order by 3--", "sqli-quote-breakout"),
+            ("a' having 1=1--", "sqli-quote-breakout"),
             ("1 or 1=1", "sqli-tautology"),
             ("1) and ('x'='x", "sqli-tautology"),
             ("10 and 2<>3", "sqli-tautology"),
@@ -315,7 +369,10 @@ mod tests {
             ("x into outfile '/tmp/a'", "sqli-function"),
             ("select @@version", "sqli-function"),
             ("1 and extractvalue(1,concat(0x7e,user()))", "sqli-function"),
-            ("select table_name from information_schema.tables", "sqli-schema"),
+            (
+                "select table_name from information_schema.tables",
+                "sqli-schema",
+            ),
         ];
         for (raw, expected) in cases {
             assert_eq!(rule(raw), Some(expected), "{raw:?}");

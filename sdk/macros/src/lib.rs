@@ -24,9 +24,12 @@ const HOOKS: &[(&str, &str)] = &[
 #[proc_macro_attribute]
 pub fn policy(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[policy] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[policy] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
     }
     let mut block = parse_macro_input!(item as ItemImpl);
     let is_policy_impl = block
@@ -50,10 +53,13 @@ pub fn policy(attr: TokenStream, item: TokenStream) -> TokenStream {
             }
         }
     }
-    let set = hooks
-        .into_iter()
-        .fold(quote!(::adc_sdk::Hooks::NONE), |acc, h| quote!(#acc.union(#h)));
-    block.items.push(syn::parse_quote!(const HOOKS: ::adc_sdk::Hooks = #set;));
+    let set = hooks.into_iter().fold(
+        quote!(::adc_sdk::Hooks::NONE),
+        |acc, h| quote!(#acc.union(#h)),
+    );
+    block
+        .items
+        .push(syn::parse_quote!(const HOOKS: ::adc_sdk::Hooks = #set;));
 
     let ty = &block.self_ty;
     quote! {

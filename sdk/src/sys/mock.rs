@@ -32,7 +32,11 @@ thread_local! {
 
 impl State {
     pub(crate) fn fresh() -> State {
-        State { now_ms: 1_700_000_000_000, rng: 0x9e37_79b9_7f4a_7c15, ..State::default() }
+        State {
+            now_ms: 1_700_000_000_000,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            ..State::default()
+        }
     }
 
     fn live(&mut self, key: &str) -> Option<&mut (Vec<u8>, Option<u64>)> {
@@ -114,7 +118,8 @@ pub(crate) fn kv_incr(key: &str, delta: i64, ttl: Option<u64>) -> Result<i64, Kv
 pub(crate) fn kv_ttl(key: &str) -> Option<u64> {
     with(|s| {
         let now = s.now_ms;
-        s.live(key).and_then(|(_, at)| at.map(|at| at.saturating_sub(now)))
+        s.live(key)
+            .and_then(|(_, at)| at.map(|at| at.saturating_sub(now)))
     })
 }
 
@@ -178,7 +183,10 @@ pub(crate) fn hash(a: Algorithm, data: &[u8]) -> Vec<u8> {
 
 pub(crate) fn hmac(a: Algorithm, key: &[u8], data: &[u8]) -> Vec<u8> {
     use hmac::{Mac, SimpleHmac};
-    fn run<D: sha2::Digest + sha2::digest::core_api::BlockSizeUser>(key: &[u8], data: &[u8]) -> Vec<u8> {
+    fn run<D: sha2::Digest + sha2::digest::core_api::BlockSizeUser>(
+        key: &[u8],
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut mac = SimpleHmac::<D>::new_from_slice(key).expect("HMAC takes keys of any length");
         mac.update(data);
         mac.finalize().into_bytes().to_vec()
@@ -222,5 +230,9 @@ pub(crate) fn pool_members(pool: &str) -> Option<Vec<Member>> {
 }
 
 pub(crate) fn pool_available(pool: &str) -> bool {
-    with(|s| s.pools.get(pool).is_some_and(|m| m.iter().any(Member::available)))
+    with(|s| {
+        s.pools
+            .get(pool)
+            .is_some_and(|m| m.iter().any(Member::available))
+    })
 }

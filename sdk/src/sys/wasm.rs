@@ -83,7 +83,10 @@ fn metric_error(e: wit::metrics::MetricError) -> MetricError {
 fn labels(labels: &[(&str, &str)]) -> Vec<wit::types::Header> {
     labels
         .iter()
-        .map(|(name, value)| wit::types::Header { name: (*name).into(), value: (*value).into() })
+        .map(|(name, value)| wit::types::Header {
+            name: (*name).into(),
+            value: (*value).into(),
+        })
         .collect()
 }
 

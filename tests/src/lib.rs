@@ -1,0 +1,180 @@
+//! The test environment: real backends on 127.0.0.1:0, a real adc started
+//! from a config written for the test, and the policies built by
+//! `scripts/build-policies`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Where `scripts/build-policies` puts components.
+pub fn policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies")
+}
+
+/// The path of a built policy; panics with the fix when it is missing.
+pub fn policy(name: &str) -> PathBuf {
+    let path = policy_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-policies first",
+        path.display()
+    );
+    path
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("ADC_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A backend that answers with its name; counts the requests it served.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting; open connections are closed with the task.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+/// A function from request to response for [`backend_with`].
+pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// Start a backend answering `"<name> <method> <uri>"` and echoing request
+/// headers it was sent as `x-echo-<name>` response headers.
+pub async fn backend(name: &str) -> Backend {
+    let name = name.to_owned();
+    backend_with(Arc::new(move |req| {
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "{name} {} {}",
+            req.method(),
+            req.uri()
+        ))));
+        response
+            .headers_mut()
+            .insert("x-backend", name.parse().expect("ASCII name"));
+        for (k, v) in req.headers() {
+            if let Ok(n) = http::HeaderName::from_bytes(format!("x-echo-{k}").as_bytes()) {
+                response.headers_mut().append(n, v.clone());
+            }
+        }
+        response
+    }))
+    .await
+}
+
+pub async fn backend_with(handler: Handler) -> Backend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("bound");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            let counter = counter.clone();
+            conns.spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let response = handler(&req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits, task }
+}
+
+/// A running adc and the folder holding its config.
+pub struct Adc {
+    pub running: adc::serve::Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Adc {
+    /// Start adc from config text. `{policies}` in the text stands for the
+    /// built policies folder.
+    pub async fn start(config: &str) -> Adc {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config.replace("{policies}", &policy_dir().display().to_string());
+        let path = dir.path().join("adc.toml");
+        std::fs::write(&path, text).expect("write config");
+        let running = adc::serve::start(&path).await.expect("adc starts");
+        Adc { running, dir }
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.running.listeners[listener])
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin)
+    }
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client")
+}
+
+/// An HTTP/2 client speaking cleartext with prior knowledge (h2c).
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
+
+/// A listener and admin block on free ports, and a route to `pool` with
+/// `policies`.
+pub fn listener(pool: &str, policies: &[&str]) -> String {
+    let list: Vec<String> = policies.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[engine]\npolicy_dir = \"{{policies}}\"\nwatch = false\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npool = \"{pool}\"\npolicies = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// A pool section with these members.
+pub fn pool(name: &str, method: &str, members: &[&Backend]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{{ name = \"m{i}\", address = \"{}\" }}", b.addr))
+        .collect();
+    format!(
+        "\n[pools.{name}]\nmethod = \"{method}\"\nmembers = [{}]\n",
+        list.join(", ")
+    )
+}

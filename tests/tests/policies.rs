@@ -1,0 +1,191 @@
+//! Policies through the real proxy: a shipped policy changes a request, and
+//! hostile policies fail one request each while the proxy carries on.
+
+use adc_tests::{backend, client, h2_client, listener, policy, pool, Adc};
+
+fn config_with(policy_name: &str, file: &str, extra: &str) -> String {
+    format!("\n[policies.{policy_name}]\nfile = \"{file}\"\n{extra}\n")
+}
+
+#[tokio::test]
+async fn the_rewrite_policy_changes_the_request_and_the_response() {
+    policy("rewrite");
+    let b = backend("b1").await;
+    let config = listener("web", &["rw"])
+        + &pool("web", "round_robin", &[&b])
+        + &config_with(
+            "rw",
+            "rewrite.wasm",
+            "[policies.rw.settings]\nrequest_headers = { set = [[\"x-env\", \"prod\"]], remove = [\"x-debug\"] }\nresponse_headers = { set = [[\"x-served-by\", \"adc\"]] }\nurl = [{ from = \"/old/\", to = \"/new/\" }]",
+        );
+    let adc = Adc::start(&config).await;
+    let response = client()
+        .get(adc.url("web", "/old/page?q=1"))
+        .header("x-debug", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-by"], "adc");
+    assert_eq!(response.headers()["x-echo-x-env"], "prod");
+    assert!(response.headers().get("x-echo-x-debug").is_none());
+    assert_eq!(response.text().await.unwrap(), "b1 GET /new/page?q=1");
+}
+
+async fn hostile(
+    file: &str,
+    path: &str,
+    extra: &str,
+) -> (Adc, reqwest::Response, reqwest::Response) {
+    policy(file);
+    let b = backend("b1").await;
+    let config = listener("web", &["bad"])
+        + &pool("web", "round_robin", &[&b])
+        + &config_with("bad", &format!("{file}.wasm"), extra);
+    let adc = Adc::start(&config).await;
+    let c = client();
+    let started = std::time::Instant::now();
+    let failed = c.get(adc.url("web", path)).send().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the fault is stopped promptly"
+    );
+    let next = c.get(adc.url("web", "/fine")).send().await.unwrap();
+    (adc, failed, next)
+}
+
+async fn fault_count(adc: &Adc, kind: &str) -> u64 {
+    let metrics = reqwest::get(adc.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("adc_policy_faults_total")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains("policy=\"bad\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_by_the_cpu_budget_and_the_next_request_is_served() {
+    let (adc, failed, next) = hostile("fixture-spin", "/spin", "cpu_budget = \"20ms\"").await;
+    assert_eq!(failed.status(), 500);
+    assert_eq!(next.status(), 200);
+    assert!(fault_count(&adc, "cpu_budget").await >= 1);
+}
+
+#[tokio::test]
+async fn unbounded_allocation_stops_at_the_memory_cap_and_the_next_request_is_served() {
+    let (adc, failed, next) = hostile("fixture-hog", "/hog", "memory_cap = \"8MiB\"").await;
+    assert_eq!(failed.status(), 500);
+    assert_eq!(next.status(), 200);
+    assert!(fault_count(&adc, "memory_cap").await >= 1);
+}
+
+#[tokio::test]
+async fn a_panic_fails_one_request_and_fail_open_skips_the_policy() {
+    let (adc, failed, next) = hostile("fixture-panicky", "/panic", "").await;
+    assert_eq!(failed.status(), 500);
+    assert_eq!(next.status(), 200);
+    assert!(fault_count(&adc, "trap").await >= 1);
+
+    let (_adc, skipped, _) = hostile("fixture-panicky", "/panic", "fail_open = true").await;
+    assert_eq!(
+        skipped.status(),
+        200,
+        "fail-open serves the request without the policy"
+    );
+}
+
+#[tokio::test]
+async fn a_component_importing_an_unknown_function_is_refused_naming_the_import() {
+    let engine = adc::policy::Engine::new(Default::default()).unwrap();
+    let err = engine
+        .load_file(
+            "bad",
+            &policy("fixture-bad-import"),
+            Default::default(),
+            std::sync::Arc::new(adc::policy::NoPools),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("teleport"), "{err}");
+}
+
+#[tokio::test]
+async fn non_wasm_and_truncated_files_are_refused_with_a_clear_error() {
+    let engine = adc::policy::Engine::new(Default::default()).unwrap();
+    let pools = std::sync::Arc::new(adc::policy::NoPools);
+    let err = engine
+        .load(
+            "x",
+            b"#!/bin/sh\necho hi\n",
+            Default::default(),
+            pools.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+    let wasm = std::fs::read(policy("rewrite")).unwrap();
+    let err = engine
+        .load(
+            "x",
+            &wasm[..wasm.len() / 2],
+            Default::default(),
+            pools.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid or truncated component"), "{err}");
+    // The engine still loads a good one afterwards.
+    engine.load("x", &wasm, Default::default(), pools).unwrap();
+}
+
+async fn set_cookie_round_trip(c: reqwest::Client) {
+    policy("fixture-cookies");
+    let b = adc_tests::backend_with(std::sync::Arc::new(|_req| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok")));
+        r.headers_mut()
+            .append("set-cookie", "a=1; Path=/".parse().unwrap());
+        r.headers_mut()
+            .append("set-cookie", "b=2, c=3; Path=/".parse().unwrap());
+        r
+    }))
+    .await;
+    let config = listener("web", &["cookies"])
+        + &pool("web", "round_robin", &[&b])
+        + &config_with("cookies", "fixture-cookies.wasm", "");
+    let adc = Adc::start(&config).await;
+    let response = c.get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-set-cookie-count"], "2");
+    assert_eq!(
+        response.headers()["x-set-cookie-values"],
+        "a=1; Path=/ | b=2, c=3; Path=/"
+    );
+    let lines: Vec<_> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        ["a=1; Path=/", "b=2, c=3; Path=/", "added=by-policy; Path=/"]
+    );
+}
+
+#[tokio::test]
+async fn every_set_cookie_is_seen_separately_and_an_added_one_is_its_own_line_over_http1() {
+    set_cookie_round_trip(client()).await;
+}
+
+#[tokio::test]
+async fn every_set_cookie_is_seen_separately_and_an_added_one_is_its_own_line_over_http2() {
+    set_cookie_round_trip(h2_client()).await;
+}
