@@ -223,7 +223,7 @@ pub async fn handle(
     let response = match result {
         Ok(r) => r,
         Err(Pipeline::Reject) => return Err(Rejected),
-        Err(Pipeline::Answer(r)) => r,
+        Err(Pipeline::Answer(r)) => *r,
         Err(Pipeline::Error(e)) => e.into_response(),
     };
     let class = match response.status().as_u16() {
@@ -243,7 +243,7 @@ pub async fn handle(
 enum Pipeline {
     Reject,
     /// A policy answered from a backend hook.
-    Answer(Response<Body>),
+    Answer(Box<Response<Body>>),
     Error(ProxyError),
 }
 
@@ -334,7 +334,7 @@ async fn pipeline(
 
     let response = match forward(&rt, &mut txn, body.unwrap_or_else(empty), upgrade).await {
         Ok(r) => r,
-        Err(Pipeline::Answer(r)) => return Ok(finish(txn, r)),
+        Err(Pipeline::Answer(r)) => return Ok(finish(txn, *r)),
         Err(e) => return Err(e),
     };
     let (mut parts, upstream_body) = response.into_parts();
@@ -475,7 +475,7 @@ async fn forward(
         if txn.wants(Hook::BackendSelected) {
             let before = (txn.pool.clone(), txn.member.clone());
             match txn.run(Hook::BackendSelected, Some(&backend), "")? {
-                Flow::Answer(r) => return Err(Pipeline::Answer(r)),
+                Flow::Answer(r) => return Err(Pipeline::Answer(Box::new(r))),
                 Flow::Reject => return Err(Pipeline::Reject),
                 Flow::Continue => {}
             }
@@ -496,8 +496,8 @@ async fn forward(
                 Err(e) => {
                     pool.record_failure(index);
                     last_error = Some(ProxyError::Connect(e.to_string()));
-                    if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
-                        return Err(flow);
+                    if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
+                        return Err(end);
                     }
                     continue;
                 }
@@ -539,8 +539,8 @@ async fn forward(
                     backend.address.clone(),
                     reason.clone(),
                 ));
-                if let Some(flow) = backend_failed(txn, &backend, &reason)? {
-                    return Err(flow);
+                if let Some(end) = backend_failed(txn, &backend, &reason) {
+                    return Err(end);
                 }
                 if !(is_idempotent(&txn.ex.request.method) && body_is_empty) {
                     break;
@@ -550,8 +550,8 @@ async fn forward(
             Err(_) => {
                 pool.record_failure(index);
                 let e = ProxyError::UpstreamTimeout(backend.address.clone(), limits.header_timeout);
-                if let Some(flow) = backend_failed(txn, &backend, &e.to_string())? {
-                    return Err(flow);
+                if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
+                    return Err(end);
                 }
                 return Err(e.into());
             }
@@ -562,23 +562,17 @@ async fn forward(
         .into())
 }
 
-/// Run the backend-failed hooks; `Some` when a policy answered or rejected.
-fn backend_failed(
-    txn: &mut Txn,
-    backend: &Backend,
-    reason: &str,
-) -> Result<Option<Pipeline>, Pipeline> {
+/// Run the backend-failed hooks; `Some` when a policy answered, rejected or
+/// failed, which ends the transaction.
+fn backend_failed(txn: &mut Txn, backend: &Backend, reason: &str) -> Option<Pipeline> {
     if !txn.wants(Hook::BackendFailed) {
-        return Ok(None);
+        return None;
     }
-    let before = (txn.pool.clone(), txn.member.clone());
-    match txn.run(Hook::BackendFailed, Some(backend), reason)? {
-        Flow::Answer(r) => Ok(Some(Pipeline::Answer(r))),
-        Flow::Reject => Ok(Some(Pipeline::Reject)),
-        Flow::Continue => {
-            let _ = before;
-            Ok(None)
-        }
+    match txn.run(Hook::BackendFailed, Some(backend), reason) {
+        Ok(Flow::Answer(r)) => Some(Pipeline::Answer(Box::new(r))),
+        Ok(Flow::Reject) => Some(Pipeline::Reject),
+        Ok(Flow::Continue) => None,
+        Err(e) => Some(Pipeline::Error(e)),
     }
 }
 

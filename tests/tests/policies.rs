@@ -1,3 +1,8 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
 //! Policies through the real proxy: a shipped policy changes a request, and
 //! hostile policies fail one request each while the proxy carries on.
 
