@@ -1,0 +1,181 @@
+//! The HTTP data path through a real adc: load balancing, the rules a proxy
+//! owes HTTP, and error answers.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+use std::io::{Read, Write};
+
+use adc_tests::{backend, client, listener, pool, Adc};
+
+#[tokio::test]
+async fn round_robin_spreads_requests_evenly_over_members() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let adc =
+        Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&a, &b, &c]))).await;
+    let http = client();
+    for _ in 0..30 {
+        assert_eq!(
+            http.get(adc.url("web", "/")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (10, 10, 10));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_the_ones_connection_names_are_not_forwarded() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let response = client()
+        .get(adc.url("web", "/"))
+        .header("connection", "x-secret")
+        .header("x-secret", "1")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x-kept", "yes")
+        .send()
+        .await
+        .unwrap();
+    let h = response.headers();
+    assert!(h.get("x-echo-x-secret").is_none());
+    assert!(h.get("x-echo-proxy-connection").is_none());
+    assert!(h.get("x-echo-te").is_none());
+    assert_eq!(h["x-echo-x-kept"], "yes");
+    assert_eq!(h["x-echo-x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-echo-x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn a_client_forwarded_for_is_replaced_unless_hops_are_trusted() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let response = client()
+        .get(adc.url("web", "/"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-echo-x-forwarded-for"],
+        "127.0.0.1",
+        "a spoofed address is not trusted"
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_refuses_connections_is_skipped_for_idempotent_requests() {
+    let good = backend("good").await;
+    let dead = backend("dead").await;
+    dead.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let adc =
+        Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&dead, &good]))).await;
+    let http = client();
+    for _ in 0..10 {
+        let r = http.get(adc.url("web", "/")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "a retry on the other member hides the dead one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_reachable_member_gives_a_502_that_says_so() {
+    let dead = backend("dead").await;
+    dead.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&dead]))).await;
+    let r = client().get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("cannot connect"));
+}
+
+#[tokio::test]
+async fn a_header_block_over_the_limit_gets_431_without_reaching_a_backend() {
+    let b = backend("b").await;
+    let adc = Adc::start(
+        &(listener("web", &[])
+            + &pool("web", "round_robin", &[&b])
+            + "\n[limits]\nmax_header_bytes = 16384\n"),
+    )
+    .await;
+    let addr = adc.running.listeners["web"];
+    let status = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let big = "a".repeat(40_000);
+        let _ = write!(s, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_host_with_port_routes_like_the_bare_host_case_insensitively() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\nhost = \"api.example.com\"\npool = \"api\"\n[[listener.route]]\npool = \"web\"\n".to_owned()
+        + &pool("api", "round_robin", &[&a])
+        + &pool("web", "round_robin", &[&b]);
+    let adc = Adc::start(&config).await;
+    let http = client();
+    for host in [
+        "api.example.com",
+        "API.Example.com:80",
+        "api.example.com:8080",
+    ] {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-backend"], "a", "host {host}");
+    }
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("host", "www.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-backend"], "b");
+}
+
+#[tokio::test]
+async fn a_drained_member_takes_no_new_requests() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&a, &b]))).await;
+    let http = client();
+    let drained = http
+        .post(adc.admin("/pools/web/members/m0/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    for _ in 0..6 {
+        http.get(adc.url("web", "/")).send().await.unwrap();
+    }
+    assert_eq!((a.hits(), b.hits()), (0, 6));
+}
+
+#[test]
+fn adc_check_names_the_line_of_a_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nconect_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let e = adc::config::Config::load(&path).unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.to_string().contains("conect_timeout"), "{e}");
+    assert!(e.to_string().contains("bad.toml:5"), "{e}");
+}
