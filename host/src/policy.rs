@@ -7,6 +7,7 @@
 //! counted, the instance is dropped, and the next call on that worker builds
 //! a fresh one.
 
+mod budget;
 mod engine;
 mod exchange;
 mod instance;

@@ -11,7 +11,8 @@ use wasmtime::Store;
 
 use super::bindings::exports::adc::policy::handler::Guest;
 use super::bindings::{Policy, PolicyPre};
-use super::engine::{LoadError, EPOCH_TICK};
+use super::budget::Budget;
+use super::engine::LoadError;
 use super::exchange::Exchange;
 use super::state::{Limiter, Shared, StoreState};
 use super::{Backend, Connection, Decision, Hook, Hooks, PolicyOptions, Registration, Transaction};
@@ -166,16 +167,19 @@ impl LoadedPolicy {
                 memory_cap: self.options.memory_cap,
                 memory_denied: false,
             },
+            budget: Budget::new(self.options.cpu_budget),
             started: Instant::now(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().budget.on_deadline()));
         store
     }
 
-    fn budget_ticks(&self) -> u64 {
-        let ticks = self.options.cpu_budget.as_nanos() / EPOCH_TICK.as_nanos();
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    /// Give the store's next call its CPU budget.
+    fn arm(store: &mut Store<StoreState>) {
+        let ticks = store.data_mut().budget.start();
+        store.set_epoch_deadline(ticks);
     }
 
     fn fault(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> Fault {
@@ -193,12 +197,12 @@ impl LoadedPolicy {
 
     fn instantiate(&self) -> Result<(Instance, Registration), LoadError> {
         let mut store = self.new_store();
-        store.set_epoch_deadline(self.budget_ticks());
+        Self::arm(&mut store);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
         };
-        store.set_epoch_deadline(self.budget_ticks());
+        Self::arm(&mut store);
         let registration = match bindings
             .adc_policy_handler()
             .call_init(&mut store, &self.options.settings_json)
@@ -252,7 +256,7 @@ impl LoadedPolicy {
             let started = Instant::now();
             let instance = &mut instances[index];
             instance.store.data_mut().exchange = exchange;
-            instance.store.set_epoch_deadline(self.budget_ticks());
+            Self::arm(&mut instance.store);
             let result = f(instance.bindings.adc_policy_handler(), &mut instance.store);
             let exchange = instance.store.data_mut().exchange.take();
             metrics.duration.record(started.elapsed().as_secs_f64());

@@ -13,6 +13,7 @@ use wasmtime::component::Resource;
 use super::bindings::adc::policy::{
     clock, crypto, http as whttp, kv as wkv, log, metrics as wmetrics, pools, random, types,
 };
+use super::budget::Budget;
 use super::exchange::{self, Exchange};
 use super::kv::{KvError, Table};
 use super::{PoolDirectory, RequestRef, ResponseRef};
@@ -33,6 +34,8 @@ pub struct StoreState {
     pub shared: Arc<Shared>,
     pub exchange: Option<Box<Exchange>>,
     pub limiter: Limiter,
+    /// The CPU budget of the call running now.
+    pub budget: Budget,
     pub started: Instant,
 }
 
