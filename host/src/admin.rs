@@ -86,6 +86,9 @@ fn route(
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
+        (&Method::GET, ["readyz"]) if shared.draining.load(Ordering::Relaxed) => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
         (&Method::GET, ["readyz"]) => answer(StatusCode::OK, "text/plain", "ready\n"),
         (&Method::GET, ["status"]) => json(StatusCode::OK, status(shared)),
         (&Method::POST, ["reload"]) => match crate::serve::reload(shared) {
@@ -166,5 +169,6 @@ fn status(shared: &Shared) -> serde_json::Value {
         "pools": pools,
         "policies": policies,
         "inflight": shared.inflight.load(Ordering::Relaxed),
+        "draining": shared.draining.load(Ordering::Relaxed),
     })
 }

@@ -15,5 +15,6 @@ pub mod proxy;
 pub mod runtime;
 pub mod serve;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
 pub mod watch;

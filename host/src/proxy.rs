@@ -209,6 +209,15 @@ fn hash_value(pool: &Pool, ex: &Exchange) -> Option<Vec<u8>> {
     }
 }
 
+/// Where a request went, for the labels of its metrics: empty until known
+/// (no route matched, or a policy answered before a member was chosen).
+#[derive(Default)]
+struct Served {
+    route: Option<Arc<str>>,
+    pool: String,
+    member: String,
+}
+
 /// Serve one client request.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -218,7 +227,8 @@ pub async fn handle(
     let started = Instant::now();
     shared.inflight.fetch_add(1, Ordering::Relaxed);
     let version = req.version();
-    let result = pipeline(&shared, &conn, req, started).await;
+    let mut served = Served::default();
+    let result = pipeline(&shared, &conn, req, started, &mut served).await;
     shared.inflight.fetch_sub(1, Ordering::Relaxed);
     let response = match result {
         Ok(r) => r,
@@ -233,7 +243,15 @@ pub async fn handle(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics::counter!("adc_requests_total", "listener" => conn.listener.to_string(), "class" => class).increment(1);
+    metrics::counter!(
+        "adc_requests_total",
+        "listener" => conn.listener.to_string(),
+        "route" => served.route.as_deref().unwrap_or_default().to_owned(),
+        "pool" => served.pool,
+        "member" => served.member,
+        "class" => class,
+    )
+    .increment(1);
     metrics::histogram!("adc_request_duration_seconds", "listener" => conn.listener.to_string())
         .record(started.elapsed().as_secs_f64());
     let _ = version;
@@ -258,6 +276,7 @@ async fn pipeline(
     conn: &ConnInfo,
     req: Request<Incoming>,
     started: Instant,
+    served: &mut Served,
 ) -> Result<Response<Body>, Pipeline> {
     let rt = shared.runtime.load_full();
     let listener = rt
@@ -276,6 +295,7 @@ async fn pipeline(
             host: host.clone().unwrap_or_default(),
             path: path.clone(),
         })?;
+    served.route = Some(route.name.clone());
     // The forwarded path is the normalised one: policies match what the
     // backend receives.
     if path != ex.request.uri.path() {
@@ -332,7 +352,8 @@ async fn pipeline(
         }
     }
 
-    let response = match forward(&rt, &mut txn, body.unwrap_or_else(empty), upgrade).await {
+    let body = body.unwrap_or_else(empty);
+    let response = match forward(&rt, &mut txn, body, upgrade, served).await {
         Ok(r) => r,
         Err(Pipeline::Answer(r)) => return Ok(finish(txn, *r)),
         Err(e) => return Err(e),
@@ -436,6 +457,7 @@ async fn forward(
     txn: &mut Txn,
     body: Body,
     upgrade: bool,
+    served: &mut Served,
 ) -> Result<Response<Body>, Pipeline> {
     let limits = &rt.limits;
     let mut body = Some(body);
@@ -486,8 +508,11 @@ async fn forward(
             }
         }
 
+        served.pool.clone_from(&pool.name);
+        served.member.clone_from(&member.name);
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
+        let attempt_started = Instant::now();
         let mut conn =
             match upstream::checkout(member.address, limits.connect_timeout, limits.idle_timeout)
                 .await
@@ -509,6 +534,8 @@ async fn forward(
                 .await;
         match sent {
             Ok(Ok(mut response)) => {
+                metrics::histogram!("adc_upstream_duration_seconds", "pool" => pool.name.clone())
+                    .record(attempt_started.elapsed().as_secs_f64());
                 if response.status().is_server_error() && pool.counts_5xx() {
                     pool.record_failure(index);
                 } else {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,9 @@ use crate::pool::Pool;
 
 #[derive(Debug)]
 pub struct RouteRt {
+    /// The configured name, else host and prefix (`*/api/`): the `route`
+    /// label of request metrics.
+    pub name: Arc<str>,
     pub host: Option<String>,
     pub prefix: String,
     pub pool: String,
@@ -45,10 +48,19 @@ pub struct ListenerRt {
     pub routes: Vec<RouteRt>,
 }
 
+/// Where a policy's file is and how it runs, as the running configuration
+/// says: what a file changed in the watched folder is loaded with.
+#[derive(Debug)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    pub options: PolicyOptions,
+}
+
 #[derive(Debug)]
 pub struct Runtime {
     pub listeners: Vec<ListenerRt>,
     pub pools: HashMap<String, Arc<Pool>>,
+    pub policies: HashMap<String, PolicyFile>,
     pub limits: config::Limits,
 }
 
@@ -65,6 +77,8 @@ pub struct Shared {
     pub policies: ArcSwap<HashMap<String, PolicyRef>>,
     pub engine: Arc<Engine>,
     pub inflight: AtomicUsize,
+    /// Shutdown has begun: listeners stop accepting, `/readyz` answers 503.
+    pub draining: AtomicBool,
     pub config_path: PathBuf,
     /// Per policy: the last load error, for the status document.
     pub policy_errors: std::sync::Mutex<HashMap<String, String>>,
@@ -120,7 +134,8 @@ impl PoolDirectory for Directory {
     }
 }
 
-pub fn build_runtime(config: Config) -> Runtime {
+/// The running form of a configuration read from `config_path`.
+pub fn build_runtime(config: Config, config_path: &Path) -> Runtime {
     let listeners = config
         .listeners
         .iter()
@@ -130,12 +145,27 @@ pub fn build_runtime(config: Config) -> Runtime {
                 .routes
                 .iter()
                 .map(|r| RouteRt {
+                    name: Arc::from(r.name.clone().unwrap_or_else(|| {
+                        format!("{}{}", r.host.as_deref().unwrap_or("*"), r.path_prefix)
+                    })),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     prefix: r.path_prefix.clone(),
                     pool: r.pool.get_ref().clone(),
                     policies: r.policies.iter().map(|p| p.get_ref().clone()).collect(),
                 })
                 .collect(),
+        })
+        .collect();
+    let dir = config.policy_dir(config_path);
+    let policies = config
+        .policies
+        .iter()
+        .map(|(name, section)| {
+            let file = PolicyFile {
+                path: dir.join(section.file.get_ref()),
+                options: policy_options(section),
+            };
+            (name.clone(), file)
         })
         .collect();
     let pools = config
@@ -146,6 +176,7 @@ pub fn build_runtime(config: Config) -> Runtime {
     Runtime {
         listeners,
         pools,
+        policies,
         limits: config.limits,
     }
 }

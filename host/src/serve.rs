@@ -2,13 +2,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -38,8 +37,10 @@ pub struct Running {
 
 impl Running {
     /// Stop accepting, wait for in-flight requests (up to the drain
-    /// timeout), and return.
+    /// timeout), and return. From the start of the drain `/readyz` answers
+    /// 503, so that a load balancer in front stops sending.
     pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let drain = self.shared.runtime.load().limits.drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
@@ -54,29 +55,10 @@ impl Running {
     }
 }
 
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-                .expect("bucket list is not empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            // A second recorder in one process (tests) keeps the first.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
 /// Start everything a config describes. Listener and admin addresses with
 /// port 0 get a free port (see [`Running::listeners`]).
 pub async fn start(path: &Path) -> anyhow::Result<Running> {
-    let metrics_handle = prometheus();
+    let metrics_handle = crate::telemetry::prometheus();
     let config = Config::load(path)?;
     let engine = Engine::new(EngineOptions {
         cache_dir: config.cache_dir(path),
@@ -103,10 +85,12 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
     let shared = Arc::new_cyclic(|weak| Shared {
         runtime: ArcSwap::from_pointee(runtime::build_runtime(
             Config::parse("", "").expect("empty config is valid"),
+            path,
         )),
         policies: ArcSwap::from_pointee(HashMap::new()),
         engine: engine.clone(),
         inflight: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
         config_path: path.to_path_buf(),
         policy_errors: Default::default(),
         directory: Arc::new(Directory(weak.clone())),
@@ -115,7 +99,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
     let policy_dir = config.policy_dir(path);
     let watch_enabled = config.engine.watch.unwrap_or(true);
-    let rt = runtime::build_runtime(config);
+    let rt = runtime::build_runtime(config, path);
     for pool in rt.pools.values() {
         crate::health::start(pool);
     }
@@ -188,7 +172,7 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 .map_err(|(name, file, e)| {
                     anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
                 })?;
-        let rt = runtime::build_runtime(config);
+        let rt = runtime::build_runtime(config, &path);
         for pool in rt.pools.values() {
             crate::health::start(pool);
         }

@@ -73,12 +73,15 @@ pub async fn checkout(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpstreamError::Handshake(address, e))?;
+    metrics::counter!("adc_upstream_connections_opened_total").increment(1);
+    let open = metrics::gauge!("adc_upstream_connections_open", "address" => address.to_string());
+    open.increment(1.0);
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(%address, error = %e, "backend connection ended");
         }
+        open.decrement(1.0);
     });
-    metrics::counter!("adc_upstream_connections_opened_total").increment(1);
     Ok(Conn {
         sender,
         address,

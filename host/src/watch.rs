@@ -8,7 +8,9 @@
 //!   keeps serving, the error goes to the log, the status document and the
 //!   `adc_policy_loads_total{outcome="refused"}` counter;
 //! - a deleted file changes nothing: the loaded version keeps serving until
-//!   a new file appears or the configuration drops the policy.
+//!   a new file appears or the configuration drops the policy;
+//! - a file is loaded with the settings of the running configuration, not
+//!   of the configuration file on disk, which a reload has yet to accept.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::config::Config;
-use crate::runtime::{policy_options, Shared};
+use crate::policy::PolicyOptions;
+use crate::runtime::Shared;
 
 pub fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::JoinHandle<()>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
@@ -49,7 +51,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::J
             changed.sort();
             changed.dedup();
             for path in changed {
-                reload_file(&shared, &dir, &path).await;
+                reload_file(&shared, &path).await;
             }
         }
     }))
@@ -70,37 +72,42 @@ async fn settled(path: &Path) -> Option<Vec<u8>> {
     tokio::fs::read(path).await.ok()
 }
 
-async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
-    let Ok(config) = Config::load(&shared.config_path) else {
-        return;
-    };
-    let names: Vec<(String, crate::config::PolicySection)> = config
+/// Load a changed file for every policy the running configuration names it
+/// for, with that policy's running options. The configuration file on disk
+/// is not read: an edit there waits for a reload, and a bad one (refused by
+/// the reload) does not stop policy files from being swapped.
+async fn reload_file(shared: &Arc<Shared>, path: &Path) {
+    let named: Vec<(String, PolicyOptions)> = shared
+        .runtime
+        .load()
         .policies
-        .into_iter()
-        .filter(|(_, s)| dir.join(s.file.get_ref()) == path)
+        .iter()
+        .filter(|(_, p)| p.path == path)
+        .map(|(name, p)| (name.clone(), p.options.clone()))
         .collect();
-    if names.is_empty() {
+    if named.is_empty() {
         return;
     }
     let Some(wasm) = settled(path).await else {
         return;
     };
-    for (name, section) in names {
+    let version = crate::policy::version_of(&wasm);
+    for (name, options) in named {
         let current = shared
             .policies
             .load()
             .get(&name)
             .map(|p| p.version().to_owned());
-        if current.as_deref() == Some(&crate::policy::version_of(&wasm)) {
+        if current.as_deref() == Some(version.as_str()) {
             continue;
         }
+
         let engine = shared.engine.clone();
         let pools = shared.directory.clone();
-        let options = policy_options(&section);
-        let name2 = name.clone();
-        let wasm2 = wasm.clone();
+        let (name2, wasm2) = (name.clone(), wasm.clone());
         let loaded =
             tokio::task::spawn_blocking(move || engine.load(&name2, &wasm2, options, pools)).await;
+
         let mut errors = shared
             .policy_errors
             .lock()
@@ -108,9 +115,13 @@ async fn reload_file(shared: &Arc<Shared>, dir: &Path, path: &Path) {
         match loaded {
             Ok(Ok(policy)) => {
                 tracing::info!(policy = %name, version = policy.version(), previous = ?current, file = %path.display(), "policy swapped in");
-                let mut map: HashMap<_, _> = (**shared.policies.load()).clone();
-                map.insert(name.clone(), policy);
-                shared.policies.store(Arc::new(map));
+                // A read-copy-update: a reload storing its own map meanwhile
+                // is not overwritten with a stale copy.
+                shared.policies.rcu(|map| {
+                    let mut map = HashMap::clone(map);
+                    map.insert(name.clone(), policy.clone());
+                    map
+                });
                 errors.remove(&name);
                 metrics::counter!("adc_policy_loads_total", "policy" => name.clone(), "outcome" => "loaded").increment(1);
             }

@@ -11,7 +11,7 @@ use crate::sys;
 /// Why a metric was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricError {
-    /// Not `[a-z_][a-z0-9_]*`.
+    /// Not `[a-z_][a-z0-9_]*`, or a name the host reserves.
     InvalidName,
     /// A label name that is not `[a-z_][a-z0-9_]*`, or `policy`.
     InvalidLabel,

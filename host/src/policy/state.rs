@@ -167,7 +167,11 @@ impl StoreState {
         name: &str,
         labels: &[types::Header],
     ) -> Result<(String, Vec<metrics::Label>), wmetrics::MetricError> {
-        if !adc_sdk::metrics::valid_name(name) {
+        // A host metric's name would let a policy forge the host's counts
+        // of it (its hook calls, its faults) or clash with their type.
+        if !adc_sdk::metrics::valid_name(name)
+            || crate::telemetry::RESERVED_POLICY_METRICS.contains(&name)
+        {
             return Err(wmetrics::MetricError::InvalidName);
         }
         let mut out = Vec::with_capacity(labels.len() + 1);
@@ -191,6 +195,10 @@ impl StoreState {
                 return Err(wmetrics::MetricError::TooManySeries);
             }
             series.insert(key);
+            metrics::describe_counter!(
+                format!("adc_policy_{name}"),
+                format!("Recorded by policy {:?}", &*self.shared.name)
+            );
         }
         Ok((format!("adc_policy_{name}"), out))
     }
