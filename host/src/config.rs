@@ -132,8 +132,91 @@ impl Default for Limits {
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
+    /// `http` (HTTP/1.1 and h2c), `https` (TLS, HTTP/1.1 and HTTP/2), `tcp`
+    /// or `udp` (L4 balancing).
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub tls: Option<Tls>,
+    /// Also serve HTTP/3 over QUIC on the same port (UDP), advertised with
+    /// `Alt-Svc`; `https` listeners only.
+    #[serde(default)]
+    pub http3: bool,
+    /// Policies whose `on-connect` hook runs for every client connection.
+    #[serde(default)]
+    pub policies: Vec<Spanned<String>>,
+    /// The pool of an L4 listener.
+    pub pool: Option<Spanned<String>>,
+    /// Sources trusted to send a PROXY protocol header (v1 or v2), as
+    /// addresses or CIDR blocks. A connection from elsewhere is served as
+    /// is; one from a trusted source must start with the header.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Https,
+    Tcp,
+    Udp,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificates chosen by SNI; the first is the default.
+    pub certificates: Vec<Certificate>,
+    /// CA bundle for client certificates (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: require a client certificate (true), or verify one
+    /// only when offered (false).
+    #[serde(default = "d_true")]
+    pub client_auth_required: bool,
+    /// Lowest TLS version: "1.2" (default) or "1.3".
+    #[serde(default = "d_tls12")]
+    pub min_version: Spanned<String>,
+}
+
+fn d_tls12() -> Spanned<String> {
+    Spanned::new(0..0, "1.2".to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM chain, leaf first. Reloaded when the file changes.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Server names this certificate answers for; by default the names in
+    /// the certificate (subjectAltName DNS entries). `*.example.com` matches
+    /// one label.
+    pub names: Option<Vec<String>>,
+}
+
+/// TLS towards the members of a pool (re-encryption).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name to send; by default the request's host.
+    pub sni: Option<String>,
+    /// CA bundle to verify members with; by default the public web roots.
+    pub ca: Option<PathBuf>,
+    /// Verify the member's certificate (default true).
+    #[serde(default = "d_true")]
+    pub verify: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 /// A route: which requests (host, path prefix) get which policy chain and
@@ -177,6 +260,16 @@ pub struct Pool {
     pub health: Option<Health>,
     #[serde(default)]
     pub passive: Passive,
+    /// TLS to the members.
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 to the members: h2c in cleartext, or h2 over TLS when the
+    /// member agrees by ALPN (a member choosing http/1.1 gets HTTP/1.1).
+    #[serde(default)]
+    pub http2: bool,
+    /// Send a PROXY protocol header (v1 or v2) on each new connection.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Source address for connections to the members.
+    pub source: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -394,7 +487,34 @@ impl Config {
             line: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &file)
+        let mut config = Config::parse(&text, &file)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Make file paths relative to the config file absolute.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                for c in &mut tls.certificates {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+                if let Some(ca) = &mut tls.client_ca {
+                    fix(ca);
+                }
+            }
+        }
+        for pool in self.pools.values_mut() {
+            if let Some(ca) = pool.tls.as_mut().and_then(|t| t.ca.as_mut()) {
+                fix(ca);
+            }
+        }
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
@@ -429,8 +549,107 @@ impl Config {
                     ),
                 ));
             }
-            if l.routes.is_empty() {
-                return Err((None, format!("listener {:?} has no route", l.name)));
+            match l.protocol {
+                Protocol::Http | Protocol::Https => {
+                    if l.routes.is_empty() {
+                        return Err((None, format!("listener {:?} has no route", l.name)));
+                    }
+                    if let Some(p) = &l.pool {
+                        return Err((
+                            Some(p.span().start),
+                            format!(
+                                "listener {:?}: an HTTP listener takes its pools from routes",
+                                l.name
+                            ),
+                        ));
+                    }
+                }
+                Protocol::Tcp | Protocol::Udp => {
+                    let Some(pool) = &l.pool else {
+                        return Err((
+                            None,
+                            format!("listener {:?}: an L4 listener needs a pool", l.name),
+                        ));
+                    };
+                    if !self.pools.contains_key(pool.get_ref()) {
+                        return Err((
+                            Some(pool.span().start),
+                            format!(
+                                "listener names pool {:?}, which is not defined",
+                                pool.get_ref()
+                            ),
+                        ));
+                    }
+                    if !l.routes.is_empty() {
+                        return Err((
+                            None,
+                            format!("listener {:?}: an L4 listener has no routes", l.name),
+                        ));
+                    }
+                }
+            }
+            match (l.protocol, &l.tls) {
+                (Protocol::Https, None) => {
+                    return Err((
+                        None,
+                        format!(
+                            "listener {:?}: https needs a [listener.tls] section",
+                            l.name
+                        ),
+                    ))
+                }
+                (Protocol::Https, Some(t)) => {
+                    if t.certificates.is_empty() {
+                        return Err((
+                            None,
+                            format!("listener {:?}: tls needs at least one certificate", l.name),
+                        ));
+                    }
+                    if !["1.2", "1.3"].contains(&t.min_version.get_ref().as_str()) {
+                        return Err((
+                            Some(t.min_version.span().start),
+                            format!(
+                                "min_version {:?}: use \"1.2\" or \"1.3\"",
+                                t.min_version.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err((
+                        None,
+                        format!("listener {:?}: tls needs protocol = \"https\"", l.name),
+                    ))
+                }
+                (_, None) => {}
+            }
+            if l.http3 && l.protocol != Protocol::Https {
+                return Err((
+                    None,
+                    format!("listener {:?}: http3 needs protocol = \"https\"", l.name),
+                ));
+            }
+            for p in &l.policies {
+                if !self.policies.contains_key(p.get_ref()) {
+                    return Err((
+                        Some(p.span().start),
+                        format!(
+                            "listener names policy {:?}, which is not defined",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for cidr in &l.proxy_protocol_from {
+                if crate::net::Cidr::parse(cidr.get_ref()).is_none() {
+                    return Err((
+                        Some(cidr.span().start),
+                        format!(
+                            "proxy_protocol_from {:?}: not an address or CIDR block",
+                            cidr.get_ref()
+                        ),
+                    ));
+                }
             }
             for r in &l.routes {
                 if !self.pools.contains_key(r.pool.get_ref()) {

@@ -52,6 +52,8 @@ pub struct Pool {
     pub members: Vec<Arc<Member>>,
     pub health: Option<config::Health>,
     passive: config::Passive,
+    /// How connections to the members are made.
+    pub upstream: Upstream,
     /// Weighted round robin: member indices, each repeated by weight and
     /// interleaved.
     schedule: Vec<usize>,
@@ -59,6 +61,18 @@ pub struct Pool {
     ring: Vec<(u64, usize)>,
     cursor: AtomicUsize,
     epoch: Instant,
+}
+
+/// How a pool's members are reached.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    /// TLS to the members, with the server name to send (else the
+    /// request's host).
+    pub tls: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
+    /// HTTP/2 to the members (h2c, or h2 when TLS ALPN agrees).
+    pub http2: bool,
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Virtual nodes per unit of weight on the hash ring.
@@ -78,7 +92,7 @@ fn hash64(bytes: &[u8]) -> u64 {
 }
 
 impl Pool {
-    pub fn new(name: &str, c: config::Pool) -> Pool {
+    pub fn new(name: &str, c: config::Pool) -> anyhow::Result<Pool> {
         let members: Vec<Arc<Member>> = c
             .members
             .iter()
@@ -138,18 +152,42 @@ impl Pool {
             }
         });
 
-        Pool {
+        let alpn: &[&[u8]] = if c.http2 {
+            &[b"h2", b"http/1.1"]
+        } else {
+            &[b"http/1.1"]
+        };
+        let tls = match &c.tls {
+            Some(t) => {
+                let config = crate::tls::client_config(t, alpn)
+                    .map_err(|e| anyhow::anyhow!("pool {name:?}: {e}"))?;
+                Some((Arc::new(config), t.sni.clone()))
+            }
+            None => None,
+        };
+        let upstream = Upstream {
+            tls,
+            http2: c.http2,
+            proxy_protocol: c.proxy_protocol.map(|v| match v {
+                config::ProxyProtocol::V1 => crate::proxy_protocol::Version::V1,
+                config::ProxyProtocol::V2 => crate::proxy_protocol::Version::V2,
+            }),
+            source: c.source,
+        };
+
+        Ok(Pool {
             name: name.to_owned(),
             method: c.method,
             hash_key,
             members,
             health: c.health,
             passive: c.passive,
+            upstream,
             schedule,
             ring,
             cursor: AtomicUsize::new(0),
             epoch: Instant::now(),
-        }
+        })
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -285,7 +323,7 @@ mod tests {
             })
             .collect();
         let text = format!("method = \"{method}\"\nmembers = [{}]", members.join(", "));
-        Pool::new("p", toml::from_str(&text).unwrap())
+        Pool::new("p", toml::from_str(&text).unwrap()).unwrap()
     }
 
     #[test]

@@ -36,9 +36,12 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub listener: Arc<str>,
+    /// The client: the TCP peer, or the address a trusted PROXY header gave.
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// `Alt-Svc` to add to every response (HTTP/3 on the same port).
+    pub alt_svc: Option<HeaderValue>,
 }
 
 /// The client connection is closed without an answer (a policy's `reject`).
@@ -48,6 +51,11 @@ pub struct Rejected;
 
 fn box_error(e: hyper::Error) -> BoxError {
     BoxError(Box::new(e))
+}
+
+/// A request as hyper's servers hand it over, with the pipeline's body.
+pub fn from_hyper(req: Request<Incoming>) -> Request<Body> {
+    req.map(|b| b.map_err(box_error).boxed_unsync())
 }
 
 /// The future of one request, boxed so that its `Send` bound is checked here
@@ -222,7 +230,7 @@ struct Served {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, Rejected> {
     let started = Instant::now();
     shared.inflight.fetch_add(1, Ordering::Relaxed);
@@ -230,12 +238,17 @@ pub async fn handle(
     let mut served = Served::default();
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
     shared.inflight.fetch_sub(1, Ordering::Relaxed);
-    let response = match result {
+    let mut response = match result {
         Ok(r) => r,
         Err(Pipeline::Reject) => return Err(Rejected),
         Err(Pipeline::Answer(r)) => *r,
         Err(Pipeline::Error(e)) => e.into_response(),
     };
+    if let Some(alt_svc) = &conn.alt_svc {
+        response
+            .headers_mut()
+            .insert(header::ALT_SVC, alt_svc.clone());
+    }
     let class = match response.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -274,7 +287,7 @@ impl From<ProxyError> for Pipeline {
 async fn pipeline(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Body>,
     started: Instant,
     served: &mut Served,
 ) -> Result<Response<Body>, Pipeline> {
@@ -330,7 +343,7 @@ async fn pipeline(
     }
 
     // The request body: buffered only when a policy asks for it.
-    let mut body: Option<Body> = Some(body.map_err(box_error).boxed_unsync());
+    let mut body: Option<Body> = Some(body);
     if txn.wants(Hook::RequestBody) {
         let limit = txn
             .chain
@@ -513,25 +526,52 @@ async fn forward(
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
         let attempt_started = Instant::now();
-        let mut conn =
-            match upstream::checkout(member.address, limits.connect_timeout, limits.idle_timeout)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    pool.record_failure(index);
-                    last_error = Some(ProxyError::Connect(e.to_string()));
-                    if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
-                        return Err(end);
-                    }
-                    continue;
+        let key = upstream::Key {
+            address: member.address,
+            sni: pool
+                .upstream
+                .tls
+                .as_ref()
+                .map(|_| txn.ex.host().unwrap_or_default()),
+        };
+        let how = upstream::Connect {
+            upstream: &pool.upstream,
+            connect_timeout: limits.connect_timeout,
+            idle_timeout: limits.idle_timeout,
+        };
+        let mut conn = match upstream::checkout(key, &how).await {
+            Ok(c) => c,
+            Err(e) => {
+                pool.record_failure(index);
+                last_error = Some(ProxyError::Connect(e.to_string()));
+                if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
+                    return Err(end);
                 }
-            };
+                continue;
+            }
+        };
 
-        let request = upstream_request(&txn.ex, body.take().unwrap_or_else(empty), upgrade);
-        let sent =
-            tokio::time::timeout(limits.header_timeout, conn.sender.try_send_request(request))
-                .await;
+        let mut request = upstream_request(&txn.ex, body.take().unwrap_or_else(empty), upgrade);
+        if let upstream::Sender::Http2(_) = conn.sender {
+            // HTTP/2 carries the target as :scheme and :authority.
+            let scheme = if pool.upstream.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let authority = txn.ex.host().unwrap_or_else(|| member.address.to_string());
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned();
+            if let Ok(uri) = format!("{scheme}://{authority}{target}").parse() {
+                *request.uri_mut() = uri;
+            }
+            *request.version_mut() = Version::HTTP_2;
+            request.headers_mut().remove(header::HOST);
+        }
+        let sent = tokio::time::timeout(limits.header_timeout, conn.sender.try_send(request)).await;
         match sent {
             Ok(Ok(mut response)) => {
                 metrics::histogram!("adc_upstream_duration_seconds", "pool" => pool.name.clone())

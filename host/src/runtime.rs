@@ -46,6 +46,10 @@ impl RouteRt {
 pub struct ListenerRt {
     pub name: Arc<str>,
     pub routes: Vec<RouteRt>,
+    /// Policies whose `on-connect` hook runs for each connection.
+    pub policies: Vec<String>,
+    /// The pool of an L4 listener.
+    pub pool: Option<String>,
 }
 
 /// Where a policy's file is and how it runs, as the running configuration
@@ -135,12 +139,14 @@ impl PoolDirectory for Directory {
 }
 
 /// The running form of a configuration read from `config_path`.
-pub fn build_runtime(config: Config, config_path: &Path) -> Runtime {
+pub fn build_runtime(config: Config, config_path: &Path) -> anyhow::Result<Runtime> {
     let listeners = config
         .listeners
         .iter()
         .map(|l| ListenerRt {
             name: Arc::from(l.name.as_str()),
+            policies: l.policies.iter().map(|p| p.get_ref().clone()).collect(),
+            pool: l.pool.as_ref().map(|p| p.get_ref().clone()),
             routes: l
                 .routes
                 .iter()
@@ -171,14 +177,14 @@ pub fn build_runtime(config: Config, config_path: &Path) -> Runtime {
     let pools = config
         .pools
         .into_iter()
-        .map(|(name, p)| (name.clone(), Arc::new(Pool::new(&name, p))))
-        .collect();
-    Runtime {
+        .map(|(name, p)| Ok((name.clone(), Arc::new(Pool::new(&name, p)?))))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Runtime {
         listeners,
         pools,
         policies,
         limits: config.limits,
-    }
+    })
 }
 
 /// The options of a policy from its config section.

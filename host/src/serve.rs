@@ -74,19 +74,15 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         }
     }
 
-    let listener_configs: Vec<(String, std::net::SocketAddr)> = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.listen))
-        .collect();
+    let listener_specs = crate::listeners::Spec::build_all(&config)?;
     let admin_addr = *config.admin.listen.get_ref();
     let admin_token = config.admin.token.clone();
 
     let shared = Arc::new_cyclic(|weak| Shared {
-        runtime: ArcSwap::from_pointee(runtime::build_runtime(
-            Config::parse("", "").expect("empty config is valid"),
-            path,
-        )),
+        runtime: ArcSwap::from_pointee(
+            runtime::build_runtime(Config::parse("", "").expect("empty config is valid"), path)
+                .expect("an empty config has nothing to fail"),
+        ),
         policies: ArcSwap::from_pointee(HashMap::new()),
         engine: engine.clone(),
         inflight: AtomicUsize::new(0),
@@ -99,7 +95,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
     let policy_dir = config.policy_dir(path);
     let watch_enabled = config.engine.watch.unwrap_or(true);
-    let rt = runtime::build_runtime(config, path);
+    let rt = runtime::build_runtime(config, path)?;
     for pool in rt.pools.values() {
         crate::health::start(pool);
     }
@@ -109,18 +105,10 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut listeners = HashMap::new();
-    for (name, addr) in listener_configs {
-        let listener =
-            crate::server::bind(addr).with_context(|| format!("listener {name:?} on {addr}"))?;
-        let bound = listener.local_addr()?;
-        tracing::info!(listener = %name, address = %bound, "listening");
-        listeners.insert(name.clone(), bound);
-        tasks.push(tokio::spawn(crate::server::serve_http(
-            shared.clone(),
-            Arc::from(name.as_str()),
-            listener,
-            shutdown_rx.clone(),
-        )));
+    for spec in listener_specs {
+        let (bound, mut started) = spec.start(shared.clone(), shutdown_rx.clone()).await?;
+        listeners.insert(spec.name.to_string(), bound);
+        tasks.append(&mut started);
     }
 
     let admin_listener =
@@ -172,7 +160,7 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 .map_err(|(name, file, e)| {
                     anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
                 })?;
-        let rt = runtime::build_runtime(config, &path);
+        let rt = runtime::build_runtime(config, &path)?;
         for pool in rt.pools.values() {
             crate::health::start(pool);
         }

@@ -1,30 +1,125 @@
-//! Listeners: accept client connections and serve HTTP/1.1 and HTTP/2
-//! (prior knowledge) on them, handing every request to the pipeline.
+//! HTTP listeners: accept client connections (after a PROXY header from a
+//! trusted source, and TLS when configured), run the connection hooks, and
+//! serve HTTP/1.1 and HTTP/2 on them, handing every request to the pipeline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
+use crate::net::Cidr;
+use crate::policy::{Connection, Decision, ListenerKind, PolicyRef};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
 
-/// Serve one listener until `shutdown` turns true; then stop accepting and
-/// let open connections finish their requests.
-pub async fn serve_http(
-    shared: Arc<Shared>,
-    name: Arc<str>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let local = listener
-        .local_addr()
-        .expect("a bound listener has an address");
+/// How long a new connection may take to send its PROXY header, finish the
+/// TLS handshake, or send its first byte.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a listener does with each connection before HTTP.
+#[derive(Clone)]
+pub struct Frontend {
+    pub name: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+    /// Sources that must start with a PROXY protocol header.
+    pub proxy_from: Arc<[Cidr]>,
+    pub alt_svc: Option<HeaderValue>,
+}
+
+/// What the connection hooks decided.
+pub enum Admission {
+    Accept,
+    /// An L4 listener's connection goes to this pool.
+    Route(String),
+    Reject,
+}
+
+/// Run the `on-connect` hooks of a listener's policies.
+pub fn admit(shared: &Shared, listener: &str, conn: &Connection) -> Admission {
+    let chain: Vec<PolicyRef> = {
+        let rt = shared.runtime.load();
+        let Some(l) = rt.listener(listener) else {
+            return Admission::Reject;
+        };
+        let policies = shared.policies.load();
+        l.policies
+            .iter()
+            .filter_map(|n| policies.get(n).cloned())
+            .collect()
+    };
+    let mut outcome = Admission::Accept;
+    for policy in chain
+        .iter()
+        .filter(|p| p.implements(crate::policy::Hook::Connect))
+    {
+        match policy.on_connect(conn) {
+            Ok(Decision::Continue) => {}
+            Ok(Decision::Reject) => return Admission::Reject,
+            Ok(Decision::Route(r)) if conn.kind != ListenerKind::Http => {
+                outcome = Admission::Route(r.pool)
+            }
+            Ok(_) => {
+                metrics::counter!("adc_policy_misplaced_decisions_total", "policy" => policy.name().to_owned(), "hook" => "connect")
+                    .increment(1);
+            }
+            Err(_) if policy.fail_open() => {}
+            Err(_) => return Admission::Reject,
+        }
+    }
+    outcome
+}
+
+pub fn connection_record(
+    listener: &str,
+    kind: ListenerKind,
+    peer: SocketAddr,
+    local: SocketAddr,
+    sni: Option<String>,
+    alpn: Option<String>,
+    client_certificate: Option<String>,
+) -> Connection {
+    Connection {
+        listener: listener.to_owned(),
+        kind,
+        client_ip: peer.ip().to_string(),
+        client_port: peer.port(),
+        local_ip: local.ip().to_string(),
+        local_port: local.port(),
+        sni,
+        alpn,
+        client_certificate,
+    }
+}
+
+/// Read a PROXY header when the peer is a trusted source; the address to
+/// treat as the client. `None`: drop the connection.
+pub async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &[Cidr],
+) -> Option<SocketAddr> {
+    if !trusted.iter().any(|c| c.contains(peer.ip())) {
+        return Some(peer);
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy_protocol::read(stream)).await {
+        Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let (max_header_bytes, idle_timeout) = {
         let rt = shared.runtime.load();
         (rt.limits.max_header_bytes, rt.limits.idle_timeout)
@@ -40,16 +135,33 @@ pub async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        // Stream abuse: a bounded number of concurrent streams, and a cap on
+        // streams reset by the client before hyper stops the connection.
         .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    builder
+}
 
+/// Serve one listener until `shutdown` turns true; then stop accepting and
+/// let open connections finish their requests.
+pub async fn serve_http(
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let builder = Arc::new(http_builder(&shared));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tracing::warn!(listener = %frontend.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -57,32 +169,123 @@ pub async fn serve_http(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            listener: name.clone(),
+        tokio::spawn(connection(
+            shared.clone(),
+            frontend.clone(),
+            builder.clone(),
+            stream,
             peer,
             local,
-            tls: false,
-        };
-        let shared = shared.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            metrics::gauge!("adc_client_connections", "listener" => conn.listener.to_string())
-                .increment(1.0);
-            let listener_name = conn.listener.clone();
-            let service = service_fn(move |req| -> proxy::HandleFuture {
-                Box::pin(proxy::handle(shared.clone(), conn.clone(), req))
-            });
-            // On shutdown the accept loop stops; open connections finish
-            // their requests while the runtime drains in-flight work.
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "client connection ended with an error");
+        ));
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let Some(client) = client_address(&mut stream, peer, &frontend.proxy_from).await else {
+        return;
+    };
+    let listener = frontend.name.to_string();
+    let gauge = metrics::gauge!("adc_client_connections", "listener" => listener.clone());
+    gauge.increment(1.0);
+    let conn = ConnInfo {
+        listener: frontend.name.clone(),
+        peer: client,
+        local,
+        tls: frontend.tls.is_some(),
+        alt_svc: frontend.alt_svc.clone(),
+    };
+
+    match &frontend.tls {
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics::counter!("adc_tls_handshake_failures_total", "listener" => listener)
+                        .increment(1);
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                    gauge.decrement(1.0);
+                    return;
+                }
+                Err(_) => {
+                    gauge.decrement(1.0);
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            let record = connection_record(
+                &listener,
+                ListenerKind::Http,
+                client,
+                local,
+                session.server_name().map(str::to_owned),
+                session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::subject_of),
+            );
+            if !matches!(admit(&shared, &listener, &record), Admission::Reject) {
+                serve_stream(&shared, &builder, tls, conn).await;
             }
-            metrics::gauge!("adc_client_connections", "listener" => listener_name.to_string())
-                .decrement(1.0);
-        });
+        }
+        None => {
+            // A connection that sends nothing is closed, not held forever.
+            if !matches!(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.readable()).await,
+                Ok(Ok(()))
+            ) {
+                gauge.decrement(1.0);
+                return;
+            }
+            let record = connection_record(
+                &listener,
+                ListenerKind::Http,
+                client,
+                local,
+                None,
+                None,
+                None,
+            );
+            if !matches!(admit(&shared, &listener, &record), Admission::Reject) {
+                serve_stream(&shared, &builder, stream, conn).await;
+            }
+        }
+    }
+    gauge.decrement(1.0);
+}
+
+async fn serve_stream<S>(
+    shared: &Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: S,
+    conn: ConnInfo,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = shared.clone();
+    let service = service_fn(move |req| -> proxy::HandleFuture {
+        Box::pin(proxy::handle(
+            shared.clone(),
+            conn.clone(),
+            proxy::from_hyper(req),
+        ))
+    });
+    // On shutdown the accept loop stops; open connections finish their
+    // requests while the runtime drains in-flight work.
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
 

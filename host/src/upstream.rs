@@ -1,13 +1,14 @@
-//! Connections to backend members: HTTP/1.1 keep-alive connections pooled per
-//! member on each worker thread (no lock shared between workers), so many
-//! client connections ride few backend connections.
+//! Connections to backend members, pooled per member and TLS name on each
+//! worker thread (no lock shared between workers), so many client
+//! connections ride few backend connections: HTTP/1.1 keep-alive
+//! connections one request at a time, HTTP/2 connections multiplexed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 
 pub use crate::proxy::Body;
@@ -19,38 +20,88 @@ pub enum UpstreamError {
     Connect(SocketAddr, std::io::Error),
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("TLS with {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
     #[error("handshake with {0} failed: {1}")]
     Handshake(SocketAddr, hyper::Error),
 }
 
+/// A way to send requests on a backend connection.
+pub enum Sender {
+    Http1(http1::SendRequest<Body>),
+    /// Multiplexed: clones share one connection.
+    Http2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_ready(),
+            Sender::Http2(s) => s.is_ready(),
+        }
+    }
+
+    /// Send a request; on a connection that turned out closed, the request
+    /// comes back unsent.
+    pub async fn try_send(
+        &mut self,
+        request: http::Request<Body>,
+    ) -> Result<
+        http::Response<hyper::body::Incoming>,
+        hyper::client::conn::TrySendError<http::Request<Body>>,
+    > {
+        match self {
+            Sender::Http1(s) => s.try_send_request(request).await,
+            Sender::Http2(s) => s.try_send_request(request).await,
+        }
+    }
+}
+
+/// Pool key: the member, and the TLS server name used with it, so that a
+/// request for one name never rides another name's connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub address: SocketAddr,
+    pub sni: Option<String>,
+}
+
 struct Idle {
-    sender: SendRequest<Body>,
+    sender: Sender,
     since: Instant,
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
 /// A connection checked out of the pool.
 pub struct Conn {
-    pub sender: SendRequest<Body>,
-    pub address: SocketAddr,
+    pub sender: Sender,
+    pub key: Key,
     /// Taken from the pool (it may have been closed by the backend since).
     pub reused: bool,
 }
 
-/// Take an idle connection to `address`, or open one.
-pub async fn checkout(
-    address: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> Result<Conn, UpstreamError> {
+/// How to connect: timeouts and the pool's way to its members.
+pub struct Connect<'a> {
+    pub upstream: &'a crate::pool::Upstream,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Take an idle connection for `key`, or open one.
+pub async fn checkout(key: Key, how: &Connect<'_>) -> Result<Conn, UpstreamError> {
     let idle = IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let list = pool.get_mut(&address)?;
+        let list = pool.get_mut(&key)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < idle_timeout && idle.sender.is_ready() {
+            if idle.since.elapsed() < how.idle_timeout && idle.sender.is_ready() {
+                // An HTTP/2 connection stays in the pool for other requests.
+                if let Sender::Http2(s) = &idle.sender {
+                    let shared = s.clone();
+                    list.push(idle);
+                    return Some(Sender::Http2(shared));
+                }
                 return Some(idle.sender);
             }
         }
@@ -59,47 +110,112 @@ pub async fn checkout(
     if let Some(sender) = idle {
         return Ok(Conn {
             sender,
-            address,
+            key,
             reused: true,
         });
     }
 
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(address))?
-        .map_err(|e| UpstreamError::Connect(address, e))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| UpstreamError::Handshake(address, e))?;
-    metrics::counter!("adc_upstream_connections_opened_total").increment(1);
-    let open = metrics::gauge!("adc_upstream_connections_open", "address" => address.to_string());
-    open.increment(1.0);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%address, error = %e, "backend connection ended");
+    let address = key.address;
+    let stream = tokio::time::timeout(
+        how.connect_timeout,
+        crate::net::connect(address, how.upstream.source),
+    )
+    .await
+    .map_err(|_| UpstreamError::ConnectTimeout(address))?
+    .map_err(|e| UpstreamError::Connect(address, e))?;
+    let sender = match &how.upstream.tls {
+        Some((config, configured_sni)) => {
+            let name = configured_sni
+                .clone()
+                .or_else(|| key.sni.clone())
+                .unwrap_or_else(|| address.ip().to_string());
+            let server_name = rustls::pki_types::ServerName::try_from(name)
+                .map_err(|e| UpstreamError::Tls(address, std::io::Error::other(e)))?;
+            let tls = tokio::time::timeout(
+                how.connect_timeout,
+                tokio_rustls::TlsConnector::from(config.clone()).connect(server_name, stream),
+            )
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(address))?
+            .map_err(|e| UpstreamError::Tls(address, e))?;
+            // Speak what the member agreed to by ALPN, never more.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            handshake(TokioIo::new(tls), address, h2).await?
         }
-        open.decrement(1.0);
-    });
+        None => handshake(TokioIo::new(stream), address, how.upstream.http2).await?,
+    };
+    metrics::counter!("adc_upstream_connections_opened_total").increment(1);
+    if let Sender::Http2(s) = &sender {
+        let shared = Sender::Http2(s.clone());
+        IDLE.with(|pool| {
+            pool.borrow_mut()
+                .entry(key.clone())
+                .or_default()
+                .push(Idle {
+                    sender: shared,
+                    since: Instant::now(),
+                })
+        });
+    }
     Ok(Conn {
         sender,
-        address,
+        key,
         reused: false,
     })
 }
 
-/// Give a connection back for reuse, up to `max_idle` per member.
+async fn handshake<T>(
+    io: TokioIo<T>,
+    address: SocketAddr,
+    h2: bool,
+) -> Result<Sender, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let open = metrics::gauge!("adc_upstream_connections_open", "address" => address.to_string());
+    open.increment(1.0);
+    if h2 {
+        let (sender, connection) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Handshake(address, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%address, error = %e, "backend connection ended");
+            }
+            open.decrement(1.0);
+        });
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Handshake(address, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%address, error = %e, "backend connection ended");
+            }
+            open.decrement(1.0);
+        });
+        Ok(Sender::Http1(sender))
+    }
+}
+
+/// Give an HTTP/1.1 connection back for reuse, up to `max_idle` per key.
 pub fn checkin(conn: Conn, max_idle: usize) {
-    if !conn.sender.is_ready() {
+    let Sender::Http1(sender) = conn.sender else {
+        return;
+    };
+    if !sender.is_ready() {
         return;
     }
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let list = pool.entry(conn.address).or_default();
+        let list = pool.entry(conn.key).or_default();
         if list.len() < max_idle {
             list.push(Idle {
-                sender: conn.sender,
+                sender: Sender::Http1(sender),
                 since: Instant::now(),
             });
         }
@@ -129,18 +245,22 @@ impl ReturnOnEnd {
 
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if conn.sender.is_ready() {
-                checkin(conn, self.max_idle);
-            } else {
-                // The connection task has not yet seen the end of the
-                // message; wait for it off the request path.
-                let max_idle = self.max_idle;
-                let mut conn = conn;
-                tokio::spawn(async move {
-                    if conn.sender.ready().await.is_ok() {
-                        checkin(conn, max_idle);
-                    }
-                });
+            match &conn.sender {
+                Sender::Http2(_) => {}
+                Sender::Http1(s) if s.is_ready() => checkin(conn, self.max_idle),
+                Sender::Http1(_) => {
+                    // The connection task has not yet seen the end of the
+                    // message; wait for it off the request path.
+                    let max_idle = self.max_idle;
+                    let mut conn = conn;
+                    tokio::spawn(async move {
+                        if let Sender::Http1(s) = &mut conn.sender {
+                            if s.ready().await.is_ok() {
+                                checkin(conn, max_idle);
+                            }
+                        }
+                    });
+                }
             }
         }
     }

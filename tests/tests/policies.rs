@@ -87,7 +87,12 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_budget_and_the_next_request_is_s
 
 #[tokio::test]
 async fn unbounded_allocation_stops_at_the_memory_cap_and_the_next_request_is_served() {
-    let (adc, failed, next) = hostile("fixture-hog", "/hog", "memory_cap = \"8MiB\"").await;
+    let (adc, failed, next) = hostile(
+        "fixture-hog",
+        "/hog",
+        "memory_cap = \"8MiB\"\ncpu_budget = \"5s\"",
+    )
+    .await;
     assert_eq!(failed.status(), 500);
     assert_eq!(next.status(), 200);
     assert!(fault_count(&adc, "memory_cap").await >= 1);

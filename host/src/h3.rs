@@ -1,0 +1,169 @@
+//! HTTP/3 over QUIC (quinn and h3) on the UDP side of a TLS listener's port,
+//! into the same pipeline and policies as HTTP/1.1 and HTTP/2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+
+use crate::policy::ListenerKind;
+use crate::proxy::{self, BoxError, ConnInfo};
+use crate::runtime::Shared;
+use crate::server::{admit, connection_record, Admission};
+
+pub fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(256u32.into())
+        .max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+    config.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(config, addr)?)
+}
+
+pub async fn serve(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    endpoint: quinn::Endpoint,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = endpoint
+        .local_addr()
+        .expect("a bound endpoint has an address");
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+            _ = shutdown.changed() => break,
+        };
+        tokio::spawn(connection(shared.clone(), name.clone(), incoming, local));
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    incoming: quinn::Incoming,
+    local: SocketAddr,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+    };
+    let peer = conn.remote_address();
+    let sni = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.server_name);
+    let record = connection_record(
+        &name,
+        ListenerKind::Http,
+        peer,
+        local,
+        sni,
+        Some("h3".into()),
+        None,
+    );
+    if matches!(admit(&shared, &name, &record), Admission::Reject) {
+        conn.close(0u32.into(), b"rejected");
+        return;
+    }
+    let info = ConnInfo {
+        listener: name,
+        peer,
+        local,
+        tls: true,
+        alt_svc: None,
+    };
+    let mut h3 = match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                let shared = shared.clone();
+                let info = info.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = request(shared, info, resolver).await {
+                        tracing::debug!(error = %e, "HTTP/3 request ended with an error");
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/3 connection ended");
+                break;
+            }
+        }
+    }
+}
+
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+async fn request(shared: Arc<Shared>, info: ConnInfo, resolver: Resolver) -> Result<(), BoxError> {
+    let boxed = |e: h3::error::StreamError| BoxError(Box::new(e));
+    let (head, stream) = resolver.resolve_request().await.map_err(boxed)?;
+    let (mut send, mut recv) = stream.split();
+
+    // The request body streams from QUIC into the pipeline.
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+    tokio::spawn(async move {
+        loop {
+            match recv.recv_data().await {
+                Ok(Some(mut chunk)) => {
+                    let bytes = chunk.copy_to_bytes(chunk.remaining());
+                    if tx.send_data(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tx.abort(BoxError(Box::new(e)));
+                    return;
+                }
+            }
+        }
+        if let Ok(Some(trailers)) = recv.recv_trailers().await {
+            let _ = tx.send_trailers(trailers).await;
+        }
+    });
+    let (parts, ()) = head.into_parts();
+    let req = Request::from_parts(parts, body.boxed_unsync());
+
+    let Ok(response) = proxy::handle(shared, info, req).await else {
+        send.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+        return Ok(());
+    };
+    let (parts, mut body) = response.into_parts();
+    send.send_response(http::Response::from_parts(parts, ()))
+        .await
+        .map_err(boxed)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await.map_err(boxed)?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await.map_err(boxed)?;
+                }
+            }
+        }
+    }
+    send.finish().await.map_err(boxed)?;
+    Ok(())
+}

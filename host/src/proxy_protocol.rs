@@ -1,0 +1,189 @@
+//! The PROXY protocol (versions 1 and 2): read from trusted load balancers
+//! in front of adc, written to backends that want the client's address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no PROXY protocol header from a source that must send one")]
+    Missing,
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(&'static str),
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The header for a connection from `client` to `local`.
+pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    // Mixed families cannot be expressed: present both as IPv6.
+    let (client, local) = match (client, local) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+            (client, local)
+        }
+        _ => (to_v6(client), to_v6(local)),
+    };
+    match version {
+        Version::V1 => {
+            let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                client.ip(),
+                local.ip(),
+                client.port(),
+                local.port()
+            )
+            .into_bytes()
+        }
+        Version::V2 => {
+            let mut out = Vec::with_capacity(52);
+            out.extend_from_slice(&V2_SIGNATURE);
+            out.push(0x21); // version 2, PROXY command
+            match (client.ip(), local.ip()) {
+                (IpAddr::V4(c), IpAddr::V4(l)) => {
+                    out.push(0x11); // TCP over IPv4
+                    out.extend_from_slice(&12u16.to_be_bytes());
+                    out.extend_from_slice(&c.octets());
+                    out.extend_from_slice(&l.octets());
+                }
+                (IpAddr::V6(c), IpAddr::V6(l)) => {
+                    out.push(0x21); // TCP over IPv6
+                    out.extend_from_slice(&36u16.to_be_bytes());
+                    out.extend_from_slice(&c.octets());
+                    out.extend_from_slice(&l.octets());
+                }
+                _ => unreachable!("families were made equal above"),
+            }
+            out.extend_from_slice(&client.port().to_be_bytes());
+            out.extend_from_slice(&local.port().to_be_bytes());
+            out
+        }
+    }
+}
+
+fn to_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+/// Read a v1 or v2 header from the start of `stream`; returns the client
+/// address it carries (`None` for a LOCAL or UNKNOWN header: keep the peer).
+/// Reads exactly the header's bytes, nothing after it.
+pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, Error> {
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first[..5]).await?;
+    if &first[..5] == b"PROXY" {
+        return read_v1(stream).await;
+    }
+    stream.read_exact(&mut first[5..]).await?;
+    if first != V2_SIGNATURE {
+        return Err(Error::Missing);
+    }
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    if head[0] >> 4 != 2 {
+        return Err(Error::Malformed("version is not 2"));
+    }
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    if head[0] & 0x0f == 0 {
+        return Ok(None); // LOCAL: health checks of the balancer itself
+    }
+    match head[1] >> 4 {
+        1 if len >= 12 => {
+            let ip = IpAddr::from([body[0], body[1], body[2], body[3]]);
+            Ok(Some(SocketAddr::new(
+                ip,
+                u16::from_be_bytes([body[8], body[9]]),
+            )))
+        }
+        2 if len >= 36 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&body[..16]);
+            Ok(Some(SocketAddr::new(
+                IpAddr::from(octets),
+                u16::from_be_bytes([body[32], body[33]]),
+            )))
+        }
+        0 => Ok(None),
+        _ => Err(Error::Malformed("unsupported address family")),
+    }
+}
+
+async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, Error> {
+    // At most 107 bytes in all, ending in CRLF; read byte by byte so that no
+    // application data is consumed.
+    let mut line = Vec::with_capacity(107);
+    line.extend_from_slice(b"PROXY");
+    loop {
+        let b = stream.read_u8().await?;
+        line.push(b);
+        if line.ends_with(b"\r\n") {
+            break;
+        }
+        if line.len() >= 107 {
+            return Err(Error::Malformed("v1 header longer than 107 bytes"));
+        }
+    }
+    let text = std::str::from_utf8(&line[..line.len() - 2])
+        .map_err(|_| Error::Malformed("v1 header is not text"))?;
+    let parts: Vec<&str> = text.split(' ').collect();
+    match parts.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => Ok(None),
+        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => {
+            let ip: IpAddr = src
+                .parse()
+                .map_err(|_| Error::Malformed("bad source address"))?;
+            let port: u16 = sport
+                .parse()
+                .map_err(|_| Error::Malformed("bad source port"))?;
+            Ok(Some(SocketAddr::new(ip, port)))
+        }
+        _ => Err(Error::Malformed("v1 header fields")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_versions_round_trip_and_leave_the_payload() {
+        for version in [Version::V1, Version::V2] {
+            for (c, l) in [
+                ("192.0.2.7:5555", "198.51.100.1:443"),
+                ("[2001:db8::7]:5555", "[2001:db8::1]:443"),
+            ] {
+                let client: SocketAddr = c.parse().unwrap();
+                let local: SocketAddr = l.parse().unwrap();
+                let mut bytes = encode(version, client, local);
+                bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+                let mut reader = &bytes[..];
+                assert_eq!(read(&mut reader).await.unwrap(), Some(client));
+                assert_eq!(reader, b"GET / HTTP/1.1\r\n");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_header_is_refused() {
+        let mut reader = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+        assert!(matches!(read(&mut reader).await, Err(Error::Missing)));
+        let mut long = b"PROXY TCP4 ".to_vec();
+        long.extend(std::iter::repeat_n(b'1', 200));
+        let mut reader = &long[..];
+        assert!(matches!(read(&mut reader).await, Err(Error::Malformed(_))));
+    }
+}
