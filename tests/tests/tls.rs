@@ -1,0 +1,353 @@
+//! TLS offload, HTTP/2 over TLS, HTTP/3, and TLS to backends, with real
+//! clients (curl, quinn and h3) and certificates made by the test.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adc_tests::{backend, client, policy, pool, Adc};
+use bytes::Buf;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ca {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// A leaf for `names`, written as `<stem>.pem` and `<stem>.key` in `dir`.
+    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        // Write the key first and rename into place, as certificate tooling
+        // does, so a reader never sees a half-written pair.
+        std::fs::write(dir.join("tmp.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("tmp.pem"), cert.pem()).unwrap();
+        std::fs::rename(dir.join("tmp.key"), &key_path).unwrap();
+        std::fs::rename(dir.join("tmp.pem"), &cert_path).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn write(&self, dir: &Path, stem: &str) -> PathBuf {
+        let path = dir.join(format!("{stem}.pem"));
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+}
+
+/// curl to `https://<name>:<port><path>` resolved to adc, trusting `ca`;
+/// returns "<status> <http version>" or curl's failure.
+async fn curl(adc_port: u16, name: &str, ca: &Path, extra: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--resolve"])
+        .arg(format!("{name}:{adc_port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(format!("https://{name}:{adc_port}/"));
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("curl runs"))
+        .await
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn tls_listener(certs: &[(PathBuf, PathBuf)], extra: &str) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = {:?}, key = {:?} }}",
+                c.display().to_string(),
+                k.display().to_string()
+            )
+        })
+        .collect();
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[engine]\npolicy_dir = \"{{policies}}\"\nwatch = false\n\n\
+         [[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n{extra}\n\
+         [listener.tls]\ncertificates = [{}]\n\
+         [[listener.route]]\npool = \"web\"\npolicies = [\"rw\"]\n\n\
+         [policies.rw]\nfile = \"rewrite.wasm\"\n[policies.rw.settings]\nresponse_headers = {{ set = [[\"x-served-by\", \"adc\"]] }}\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn sni_chooses_between_two_certificates_over_http1_and_http2() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, ca2) = (Ca::new("ca one"), Ca::new("ca two"));
+    let a = ca1.leaf(dir.path(), "a", &["a.test"]);
+    let b = ca2.leaf(dir.path(), "b", &["b.test"]);
+    let (ca1_pem, ca2_pem) = (ca1.write(dir.path(), "ca1"), ca2.write(dir.path(), "ca2"));
+    let web = backend("web").await;
+    let adc = Adc::start(&(tls_listener(&[a, b], "") + &pool("web", "round_robin", &[&web]))).await;
+    let port = adc.running.listeners["tls"].port();
+
+    assert_eq!(
+        curl(port, "a.test", &ca1_pem, &["--http1.1"])
+            .await
+            .unwrap(),
+        "200 1.1"
+    );
+    assert_eq!(
+        curl(port, "a.test", &ca1_pem, &["--http2"]).await.unwrap(),
+        "200 2"
+    );
+    assert_eq!(
+        curl(port, "b.test", &ca2_pem, &["--http2"]).await.unwrap(),
+        "200 2"
+    );
+    // b.test is served b's certificate, which ca one did not sign.
+    assert!(curl(port, "b.test", &ca1_pem, &[]).await.is_err());
+    // An unknown name gets the default (first) certificate.
+    let err = curl(port, "c.test", &ca1_pem, &[]).await.unwrap_err();
+    assert!(
+        err.contains("c.test") || err.contains("certificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, ca2) = (Ca::new("ca one"), Ca::new("ca two"));
+    let a = ca1.leaf(dir.path(), "a", &["a.test"]);
+    let (ca1_pem, ca2_pem) = (ca1.write(dir.path(), "ca1"), ca2.write(dir.path(), "ca2"));
+    let web = backend("web").await;
+    let adc = Adc::start(&(tls_listener(&[a], "") + &pool("web", "round_robin", &[&web]))).await;
+    let port = adc.running.listeners["tls"].port();
+    assert_eq!(
+        curl(port, "a.test", &ca1_pem, &["--http1.1"])
+            .await
+            .unwrap(),
+        "200 1.1"
+    );
+
+    ca2.leaf(dir.path(), "a", &["a.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if curl(port, "a.test", &ca2_pem, &[]).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        curl(port, "a.test", &ca1_pem, &[]).await.is_err(),
+        "the old certificate is gone"
+    );
+}
+
+#[tokio::test]
+async fn an_http3_client_reaches_an_http1_backend_through_a_policy() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let a = ca.leaf(dir.path(), "a", &["a.test"]);
+    let ca_pem = ca.write(dir.path(), "ca");
+    let web = backend("web").await;
+    let adc =
+        Adc::start(&(tls_listener(&[a], "http3 = true") + &pool("web", "round_robin", &[&web])))
+            .await;
+    let addr = adc.running.listeners["tls"];
+
+    // The TLS listener advertises HTTP/3 on the same port.
+    let out = tokio::task::spawn_blocking({
+        let ca_pem = ca_pem.clone();
+        move || {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-D",
+                    "-",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "10",
+                    "--resolve",
+                ])
+                .arg(format!("a.test:{}:127.0.0.1", addr.port()))
+                .arg("--cacert")
+                .arg(&ca_pem)
+                .arg(format!("https://a.test:{}/", addr.port()))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.contains(&format!("alt-svc: h3=\":{}\"", addr.port())),
+        "{headers}"
+    );
+
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(ca.roots())
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
+    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+
+    let request = http::Request::get("https://a.test/over/h3")
+        .body(())
+        .unwrap();
+    let mut stream = sender.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-by"], "adc", "the policy ran");
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "web GET /over/h3");
+    drop(sender);
+    drive.abort();
+    endpoint.close(0u32.into(), b"done");
+}
+
+/// A TLS backend with one certificate for two names; it answers with the
+/// server name the client sent, over HTTP/1.1 only.
+async fn tls_backend(ca: &Ca, dir: &Path) -> std::net::SocketAddr {
+    let (cert, key) = ca.leaf(dir, "backend", &["one.test", "two.test"]);
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("none").to_owned();
+                let service = hyper::service::service_fn(move |_req| {
+                    let sni = sni.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(sni)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn a_tls_backend_receives_the_request_host_as_sni_and_a_wrong_certificate_gives_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other) = (Ca::new("backend ca"), Ca::new("another ca"));
+    let member = tls_backend(&ca, dir.path()).await;
+    let (ca_pem, other_pem) = (ca.write(dir.path(), "ca"), other.write(dir.path(), "other"));
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener.route]]\nhost = \"bad.test\"\npool = \"untrusted\"\n\
+         [[listener.route]]\npool = \"secure\"\n\n\
+         [pools.secure]\nhttp2 = true\nmembers = [{{ address = \"{member}\" }}]\n[pools.secure.tls]\nca = {:?}\n\n\
+         [pools.untrusted]\nmembers = [{{ address = \"{member}\" }}]\n[pools.untrusted.tls]\nca = {:?}\nsni = \"one.test\"\n",
+        ca_pem.display().to_string(),
+        other_pem.display().to_string()
+    );
+    let adc = Adc::start(&config).await;
+    let http = client();
+    for name in ["one.test", "two.test", "one.test"] {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("host", name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            name,
+            "the member saw the request's host as SNI"
+        );
+    }
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("host", "bad.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "a certificate from an untrusted CA is refused"
+    );
+}
