@@ -293,8 +293,12 @@ fn d_true() -> bool {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKind {
+    /// A TCP connection is accepted.
     Tcp,
+    /// An HTTP request gets an expected status (and body).
     Http,
+    /// A datagram (`send`) gets a reply (containing `expect`).
+    Udp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +325,10 @@ pub struct Health {
     pub expect_status: (u16, u16),
     /// A text the body must contain.
     pub expect_body: Option<String>,
+    /// UDP: the datagram to send, as text.
+    pub send: Option<String>,
+    /// UDP: a text the reply must contain; any reply passes without it.
+    pub expect: Option<String>,
 }
 
 fn d_interval() -> Duration {
@@ -709,6 +717,12 @@ impl Config {
                 }
             }
             if let Some(h) = &pool.health {
+                if h.interval.is_zero() || h.timeout.is_zero() {
+                    return Err((
+                        None,
+                        format!("pool {name:?}: health interval and timeout must be above zero"),
+                    ));
+                }
                 if h.rise == 0 || h.fall == 0 {
                     return Err((
                         None,
@@ -716,6 +730,39 @@ impl Config {
                     ));
                 }
             }
+        }
+        let mut bound = std::collections::HashSet::new();
+        for l in &self.listeners {
+            let udp = l.protocol == Protocol::Udp;
+            if l.listen.port() != 0 && !bound.insert((l.listen, udp)) {
+                return Err((
+                    None,
+                    format!(
+                        "listener {:?}: address {} is used by another listener",
+                        l.name, l.listen
+                    ),
+                ));
+            }
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err((
+                None,
+                format!(
+                    "limits.max_header_bytes = {}: use at least 1024",
+                    self.limits.max_header_bytes
+                ),
+            ));
+        }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err((
+                Some(self.admin.listen.span().start),
+                "admin.token is empty: set a token or remove the key".to_owned(),
+            ));
         }
         let loopback = self.admin.listen.get_ref().ip().is_loopback();
         if !loopback && self.admin.token.is_none() && !self.admin.allow_public_without_token {

@@ -297,12 +297,19 @@ async fn pipeline(
         .ok_or_else(|| ProxyError::BadRequest("listener gone".into()))?;
 
     let (mut parts, body) = req.into_parts();
+    hop::check_host(&mut parts, conn).map_err(|e| ProxyError::BadRequest(e.into()))?;
     let upgrade = hop::upgrade_requested(&parts);
     let client_ip = hop::prepare_request(&mut parts, conn, rt.limits.trusted_hops);
     let mut ex = Box::new(Exchange::new(parts, client_ip, conn.tls));
 
     let host = ex.host();
-    let path = adc_sdk::text::normalize_path(ex.request.uri.path());
+    // `OPTIONS *` asks about the server itself: its target is not a path.
+    let asterisk = ex.request.uri.path() == "*";
+    let path = if asterisk {
+        "*".to_owned()
+    } else {
+        adc_sdk::text::normalize_path(ex.request.uri.path())
+    };
     let route =
         route_for(&listener.routes, host.as_deref(), &path).ok_or_else(|| ProxyError::NoRoute {
             host: host.clone().unwrap_or_default(),
@@ -311,7 +318,7 @@ async fn pipeline(
     served.route = Some(route.name.clone());
     // The forwarded path is the normalised one: policies match what the
     // backend receives.
-    if path != ex.request.uri.path() {
+    if !asterisk && path != ex.request.uri.path() {
         let target = match ex.request.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.clone(),

@@ -50,6 +50,9 @@ pub struct ListenerRt {
     pub policies: Vec<String>,
     /// The pool of an L4 listener.
     pub pool: Option<String>,
+    /// As configured (bound at start; a reload cannot move it).
+    pub listen: std::net::SocketAddr,
+    pub protocol: config::Protocol,
 }
 
 /// Where a policy's file is and how it runs, as the running configuration
@@ -147,6 +150,8 @@ pub fn build_runtime(config: Config, config_path: &Path) -> anyhow::Result<Runti
             name: Arc::from(l.name.as_str()),
             policies: l.policies.iter().map(|p| p.get_ref().clone()).collect(),
             pool: l.pool.as_ref().map(|p| p.get_ref().clone()),
+            listen: l.listen,
+            protocol: l.protocol,
             routes: l
                 .routes
                 .iter()

@@ -155,12 +155,14 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let path: PathBuf = shared.config_path.clone();
     let result = (|| {
         let config = Config::load(&path)?;
+        check_listeners_unchanged(&shared.runtime.load(), &config)?;
         let policies =
             runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
                 .map_err(|(name, file, e)| {
                     anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
                 })?;
         let rt = runtime::build_runtime(config, &path)?;
+        keep_operator_state(&shared.runtime.load(), &rt);
         for pool in rt.pools.values() {
             crate::health::start(pool);
         }
@@ -177,4 +179,51 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Listeners are bound at start: a reload that adds, removes or moves one
+/// is refused, with what changed, rather than half applied.
+fn check_listeners_unchanged(running: &runtime::Runtime, config: &Config) -> anyhow::Result<()> {
+    let now: Vec<_> = running
+        .listeners
+        .iter()
+        .map(|l| (l.name.to_string(), l.listen, l.protocol))
+        .collect();
+    let new: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen, l.protocol))
+        .collect();
+    if now != new {
+        let show = |v: &[(String, std::net::SocketAddr, crate::config::Protocol)]| {
+            v.iter()
+                .map(|(n, a, p)| format!("{n} {a} {p:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        anyhow::bail!(
+            "listeners changed (running: [{}]; new: [{}]): restart adc to apply listener changes",
+            show(&now),
+            show(&new)
+        );
+    }
+    Ok(())
+}
+
+/// What an operator set at run time survives a reload: a member drained
+/// before stays drained, matched by pool and member name.
+fn keep_operator_state(old: &runtime::Runtime, new: &runtime::Runtime) {
+    use std::sync::atomic::Ordering;
+    for (name, pool) in &new.pools {
+        let Some(before) = old.pools.get(name) else {
+            continue;
+        };
+        for member in &pool.members {
+            if let Some(prev) = before.member(&member.name) {
+                if !prev.enabled.load(Ordering::Relaxed) {
+                    member.enabled.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }

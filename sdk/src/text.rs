@@ -9,6 +9,8 @@
 ///   other escapes are kept, with their hex digits uppercased;
 /// - `.` and `..` segments are removed (RFC 3986 section 5.2.4); `..` never
 ///   climbs above the root;
+/// - runs of slashes become one (`//admin` is `/admin`: many backends read
+///   it so, and a rule on `/admin` must not be dodged);
 /// - an empty path becomes `/`.
 ///
 /// ```
@@ -51,10 +53,14 @@ fn decode_unreserved(path: &str) -> String {
 
 fn remove_dot_segments(path: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
-    let trailing = path.ends_with("/.") || path.ends_with("/..") || path == "." || path == "..";
+    let trailing = path.ends_with('/')
+        || path.ends_with("/.")
+        || path.ends_with("/..")
+        || path == "."
+        || path == "..";
     for segment in path.split('/').skip(usize::from(path.starts_with('/'))) {
         match segment {
-            "." => {}
+            "." | "" => {}
             ".." => {
                 segments.pop();
             }
@@ -197,7 +203,9 @@ mod tests {
         assert_eq!(normalize_path("/static/%2e%2e/%2E%2E/admin"), "/admin");
         assert_eq!(normalize_path("/a/b/.."), "/a/");
         assert_eq!(normalize_path(""), "/");
-        assert_eq!(normalize_path("/a//b"), "/a//b");
+        assert_eq!(normalize_path("/a//b"), "/a/b");
+        assert_eq!(normalize_path("//api/users"), "/api/users");
+        assert_eq!(normalize_path("/dir/"), "/dir/");
     }
 
     #[test]

@@ -179,3 +179,113 @@ fn adc_check_names_the_line_of_a_bad_key() {
     assert!(e.to_string().contains("conect_timeout"), "{e}");
     assert!(e.to_string().contains("bad.toml:5"), "{e}");
 }
+
+/// Send raw bytes and return the status line of the answer.
+async fn raw(addr: std::net::SocketAddr, request: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_invalid_or_missing_host_gets_400_and_an_absolute_target_wins_over_host() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let addr = adc.running.listeners["web"];
+    assert!(raw(addr, "GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n")
+        .await
+        .contains(" 400 "));
+    assert!(raw(addr, "GET / HTTP/1.1\r\nHost: user@evil:80\r\n\r\n")
+        .await
+        .contains(" 400 "));
+    assert!(raw(addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .contains(" 400 "));
+    assert_eq!(b.hits(), 0, "none of them reached the backend");
+
+    let response = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET http://right.example/abs HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(
+        response
+            .to_lowercase()
+            .contains("x-echo-host: right.example"),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_slashes_cannot_dodge_a_route() {
+    let (api, web) = (backend("api").await, backend("web").await);
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npath_prefix = \"/api/\"\npool = \"api\"\n[[listener.route]]\npool = \"web\"\n".to_owned()
+        + &pool("api", "round_robin", &[&api])
+        + &pool("web", "round_robin", &[&web]);
+    let adc = Adc::start(&config).await;
+    let r = client()
+        .get(adc.url("web", "//api//users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-backend"], "api");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "api GET /api/users",
+        "the backend gets the path that was routed"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_a_drained_member_drained_and_refuses_listener_changes() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&a, &b]))).await;
+    let http = client();
+    http.post(adc.admin("/pools/web/members/m0/drain"))
+        .send()
+        .await
+        .unwrap();
+    let reloaded = http.post(adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    for _ in 0..4 {
+        http.get(adc.url("web", "/")).send().await.unwrap();
+    }
+    assert_eq!((a.hits(), b.hits()), (0, 4));
+
+    let path = adc.dir.path().join("adc.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text + "\n[[listener]]\nname = \"more\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npool = \"web\"\n").unwrap();
+    let refused = http.post(adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("restart adc"));
+}
+
+#[test]
+fn adc_check_refuses_what_adc_run_could_not_serve() {
+    let base = "[admin]\nlisten = \"127.0.0.1:9999\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:8081\"\n[[listener.route]]\npool = \"p\"\n[pools.p]\nmembers = [{ address = \"127.0.0.1:9001\" }]\n";
+    let cases = [
+        (format!("{base}[pools.p.health]\nkind = \"tcp\"\ninterval = \"0s\"\n"), "above zero"),
+        (format!("{base}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8081\"\n[[listener.route]]\npool = \"p\"\n"), "used by another listener"),
+        (base.replace("listen = \"127.0.0.1:9999\"", "listen = \"127.0.0.1:9999\"\ntoken = \"\""), "token is empty"),
+    ];
+    for (text, want) in cases {
+        let e = adc::config::Config::parse(&text, "t.toml").unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}

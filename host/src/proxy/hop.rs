@@ -42,6 +42,47 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Check the request's host (RFC 9112 section 3.2): one valid `Host`,
+/// present on HTTP/1.1; an absolute-form target's authority wins over the
+/// header. An HTTP/1.0 request without one is given the local address.
+pub fn check_host(parts: &mut http::request::Parts, conn: &ConnInfo) -> Result<(), &'static str> {
+    let mut values = parts.headers.get_all(header::HOST).iter();
+    let host = values.next().cloned();
+    if values.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if authority.as_str().contains('@') {
+            return Err("user information in the request target");
+        }
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")?;
+        parts.headers.insert(header::HOST, value);
+        return Ok(());
+    }
+    match host {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| "invalid Host header")?;
+            let valid = !text.is_empty()
+                && !text.contains('@')
+                && text
+                    .parse::<http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == text);
+            if valid {
+                Ok(())
+            } else {
+                Err("invalid Host header")
+            }
+        }
+        None if parts.version == Version::HTTP_11 => Err("missing Host header"),
+        None => {
+            let local = HeaderValue::from_str(&conn.local.to_string())
+                .map_err(|_| "invalid local address")?;
+            parts.headers.insert(header::HOST, local);
+            Ok(())
+        }
+    }
+}
+
 /// Remove hop-by-hop headers, and every header `Connection` names.
 /// `keep_upgrade` keeps `Upgrade` for a tunnel.
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
