@@ -119,7 +119,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         shared.clone(),
         admin_listener,
         admin_token,
-        metrics_handle,
+        metrics_handle.clone(),
     )));
 
     if watch_enabled {
@@ -130,6 +130,17 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
             }
         }
     }
+
+    // Histogram samples are kept until drained: drain them even when
+    // nothing scrapes /metrics, so memory does not grow with traffic.
+    let upkeep = metrics_handle.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    }));
 
     let sweeper = engine.clone();
     tasks.push(tokio::spawn(async move {
