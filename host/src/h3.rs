@@ -80,11 +80,12 @@ async fn connection(
         return;
     }
     let info = ConnInfo {
-        listener: name,
+        listener: name.clone(),
         peer,
         local,
         tls: true,
         alt_svc: None,
+        traffic: crate::proxy::Traffic::for_listener(&name),
     };
     let mut h3 = match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {
         Ok(h) => h,

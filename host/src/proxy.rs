@@ -42,6 +42,64 @@ pub struct ConnInfo {
     pub tls: bool,
     /// `Alt-Svc` to add to every response (HTTP/3 on the same port).
     pub alt_svc: Option<HeaderValue>,
+    pub traffic: Traffic,
+}
+
+/// Body bytes received from and sent to clients, per listener: handles made
+/// once per connection.
+#[derive(Clone, Debug)]
+pub struct Traffic {
+    pub received: metrics::Counter,
+    pub sent: metrics::Counter,
+}
+
+impl Traffic {
+    pub fn for_listener(listener: &str) -> Traffic {
+        Traffic {
+            received: metrics::counter!("adc_client_received_bytes_total", "listener" => listener.to_owned()),
+            sent: metrics::counter!("adc_client_sent_bytes_total", "listener" => listener.to_owned()),
+        }
+    }
+}
+
+/// A body that counts the data bytes passing through it.
+struct Counted {
+    inner: Body,
+    counter: metrics::Counter,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.increment(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn counted(body: Body, counter: &metrics::Counter) -> Body {
+    Counted {
+        inner: body,
+        counter: counter.clone(),
+    }
+    .boxed_unsync()
 }
 
 /// The client connection is closed without an answer (a policy's `reject`).
@@ -236,6 +294,7 @@ pub async fn handle(
     shared.inflight.fetch_add(1, Ordering::Relaxed);
     let version = req.version();
     let mut served = Served::default();
+    let req = req.map(|b| counted(b, &conn.traffic.received));
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
     shared.inflight.fetch_sub(1, Ordering::Relaxed);
     let mut response = match result {
@@ -249,6 +308,7 @@ pub async fn handle(
             .headers_mut()
             .insert(header::ALT_SVC, alt_svc.clone());
     }
+    let response = response.map(|b| counted(b, &conn.traffic.sent));
     let class = match response.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",

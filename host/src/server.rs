@@ -200,6 +200,7 @@ async fn connection(
         local,
         tls: frontend.tls.is_some(),
         alt_svc: frontend.alt_svc.clone(),
+        traffic: proxy::Traffic::for_listener(&listener),
     };
 
     match &frontend.tls {

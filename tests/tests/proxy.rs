@@ -289,3 +289,46 @@ fn adc_check_refuses_what_adc_run_could_not_serve() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+#[tokio::test]
+async fn body_bytes_in_and_out_are_counted_per_listener() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let http = client();
+    let before = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("listener=\"web\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let m0 = http
+        .get(adc.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = http
+        .post(adc.url("web", "/upload"))
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    let answer = r.bytes().await.unwrap().len() as u64;
+    let m1 = http
+        .get(adc.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let received = before(&m1, "adc_client_received_bytes_total")
+        - before(&m0, "adc_client_received_bytes_total");
+    let sent =
+        before(&m1, "adc_client_sent_bytes_total") - before(&m0, "adc_client_sent_bytes_total");
+    assert_eq!(received, 5000);
+    assert_eq!(sent, answer);
+}
