@@ -594,6 +594,10 @@ impl Config {
                             format!("listener {:?}: an L4 listener has no routes", l.name),
                         ));
                     }
+                    self.health_speaks(pool, l.protocol == Protocol::Udp)?;
+                    if l.protocol == Protocol::Udp {
+                        self.no_proxy_protocol_over_udp(l, pool)?;
+                    }
                 }
             }
             match (l.protocol, &l.tls) {
@@ -669,6 +673,7 @@ impl Config {
                         ),
                     ));
                 }
+                self.health_speaks(&r.pool, false)?;
                 for p in &r.policies {
                     if !self.policies.contains_key(p.get_ref()) {
                         return Err((
@@ -729,6 +734,22 @@ impl Config {
                         format!("pool {name:?}: health rise and fall must be at least 1"),
                     ));
                 }
+                match (h.kind, &h.send, &h.expect) {
+                    (HealthKind::Udp, None, _) => {
+                        return Err((
+                            None,
+                            format!("pool {name:?}: health kind \"udp\" needs send"),
+                        ))
+                    }
+                    (HealthKind::Tcp | HealthKind::Http, Some(_), _)
+                    | (HealthKind::Tcp | HealthKind::Http, _, Some(_)) => {
+                        return Err((
+                            None,
+                            format!("pool {name:?}: health send and expect need kind = \"udp\""),
+                        ))
+                    }
+                    _ => {}
+                }
             }
         }
         let mut bound = std::collections::HashSet::new();
@@ -770,6 +791,60 @@ impl Config {
                 "admin address {} is not loopback and has no token: set admin.token, or allow_public_without_token = true",
                 self.admin.listen.get_ref()
             )));
+        }
+        Ok(())
+    }
+
+    /// A pool's health checks must speak what its users send: UDP probes
+    /// for a UDP listener's pool, TCP or HTTP probes for the others.
+    fn health_speaks(
+        &self,
+        pool: &Spanned<String>,
+        udp: bool,
+    ) -> Result<(), (Option<usize>, String)> {
+        let kind = self
+            .pools
+            .get(pool.get_ref())
+            .and_then(|p| p.health.as_ref())
+            .map(|h| h.kind);
+        match kind {
+            Some(k) if (k == HealthKind::Udp) != udp => Err((
+                Some(pool.span().start),
+                format!(
+                    "pool {:?} is used over {}: its health kind must {}be \"udp\"",
+                    pool.get_ref(),
+                    if udp { "UDP" } else { "TCP" },
+                    if udp { "" } else { "not " }
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// PROXY headers are read and written on TCP only: a UDP listener that
+    /// names them would silently go without.
+    fn no_proxy_protocol_over_udp(
+        &self,
+        l: &Listener,
+        pool: &Spanned<String>,
+    ) -> Result<(), (Option<usize>, String)> {
+        if let Some(first) = l.proxy_protocol_from.first() {
+            return Err((
+                Some(first.span().start),
+                format!(
+                    "listener {:?}: proxy_protocol_from needs a TCP listener, not udp",
+                    l.name
+                ),
+            ));
+        }
+        if self.pools[pool.get_ref()].proxy_protocol.is_some() {
+            return Err((
+                Some(pool.span().start),
+                format!(
+                    "pool {:?} sends PROXY headers, which a udp listener cannot",
+                    pool.get_ref()
+                ),
+            ));
         }
         Ok(())
     }
@@ -840,6 +915,61 @@ members = [{ address = "127.0.0.1:9001" }]
         let e = Config::parse(&bad, "t.toml").unwrap_err();
         assert_eq!(e.line, 6, "{e}");
         assert!(e.message.contains("\"nope\""), "{e}");
+    }
+
+    const UDP: &str = r#"
+[[listener]]
+name = "dns"
+listen = "127.0.0.1:5353"
+protocol = "udp"
+pool = "dns"
+
+[pools.dns]
+members = [{ address = "127.0.0.1:53" }]
+
+[pools.dns.health]
+kind = "udp"
+send = "ping"
+"#;
+
+    #[test]
+    fn a_udp_listener_with_udp_health_checks_parses() {
+        let c = Config::parse(UDP, "t.toml").unwrap();
+        let h = c.pools["dns"].health.as_ref().unwrap();
+        assert_eq!((h.kind, h.send.as_deref()), (HealthKind::Udp, Some("ping")));
+    }
+
+    #[test]
+    fn udp_health_checks_need_a_datagram_and_a_udp_pool() {
+        let e = Config::parse(&UDP.replace("send = \"ping\"\n", ""), "t.toml").unwrap_err();
+        assert!(e.message.contains("needs send"), "{e}");
+
+        let tcp = UDP
+            .replace("protocol = \"udp\"", "protocol = \"tcp\"")
+            .replace("kind = \"udp\"", "kind = \"tcp\"");
+        let e = Config::parse(&tcp, "t.toml").unwrap_err();
+        assert!(e.message.contains("need kind = \"udp\""), "{e}");
+
+        let e = Config::parse(
+            &UDP.replace("kind = \"udp\"\nsend = \"ping\"", "kind = \"tcp\""),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("must be \"udp\""), "{e}");
+    }
+
+    #[test]
+    fn a_udp_listener_refuses_proxy_protocol_settings() {
+        let from = UDP.replace(
+            "pool = \"dns\"\n",
+            "pool = \"dns\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
+        );
+        let e = Config::parse(&from, "t.toml").unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        let to = UDP.replace("[pools.dns]\n", "[pools.dns]\nproxy_protocol = \"v2\"\n");
+        let e = Config::parse(&to, "t.toml").unwrap_err();
+        assert!(e.message.contains("PROXY"), "{e}");
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Active health checks: probe every member of a pool that asks for it, in
-//! the service's own protocol, and count rises and falls.
+//! the service's own protocol (a TCP connect, an HTTP request, or a UDP
+//! datagram and its reply), and count rises and falls.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::config::{Health, HealthKind};
-use crate::pool::{Member, Pool};
+use crate::pool::{Member, Pool, Upstream};
 
 /// Start probing every member of `pool`. The probes stop when the pool is
 /// dropped (a reload replaced it and no request holds it).
@@ -35,7 +39,9 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
         let Some(health) = pool.health.as_ref() else {
             return;
         };
-        let ok = match tokio::time::timeout(health.timeout, probe(health, &member)).await {
+        let ok = match tokio::time::timeout(health.timeout, probe(health, &member, &pool.upstream))
+            .await
+        {
             Ok(Ok(())) => true,
             Ok(Err(reason)) => {
                 tracing::debug!(pool = %pool.name, member = %member.name, %reason, "health probe failed");
@@ -65,13 +71,50 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
     }
 }
 
-async fn probe(health: &Health, member: &Member) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(member.address)
+/// One probe, made the way the pool reaches its members: from its source
+/// address, and after a LOCAL PROXY header when it sends them.
+async fn probe(health: &Health, member: &Member, upstream: &Upstream) -> Result<(), String> {
+    if health.kind == HealthKind::Udp {
+        return probe_udp(health, member, upstream.source).await;
+    }
+    let mut stream = crate::net::connect(member.address, upstream.source)
         .await
         .map_err(|e| e.to_string())?;
-    if health.kind == HealthKind::Tcp {
-        return Ok(());
+    if let Some(version) = upstream.proxy_protocol {
+        stream
+            .write_all(&crate::proxy_protocol::encode_local(version))
+            .await
+            .map_err(|e| e.to_string())?;
     }
+    match health.kind {
+        HealthKind::Http => probe_http(health, member, stream).await,
+        _ => Ok(()),
+    }
+}
+
+/// Send the configured datagram and wait for a reply; a member whose port is
+/// closed usually answers at once with an ICMP error, seen here as a failed
+/// receive.
+async fn probe_udp(health: &Health, member: &Member, source: Option<IpAddr>) -> Result<(), String> {
+    let socket = crate::net::udp_connect(member.address, source)
+        .await
+        .map_err(|e| e.to_string())?;
+    let payload = health.send.as_deref().unwrap_or_default();
+    socket
+        .send(payload.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65_535];
+    let n = socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+    match &health.expect {
+        Some(want) if !String::from_utf8_lossy(&buf[..n]).contains(want.as_str()) => {
+            Err(format!("reply lacks {want:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn probe_http(health: &Health, member: &Member, stream: TcpStream) -> Result<(), String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -107,4 +150,52 @@ async fn probe(health: &Health, member: &Member) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// A UDP server answering every datagram with `reply`.
+    async fn answering(reply: &'static [u8]) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(reply, from).await;
+            }
+        });
+        addr
+    }
+
+    fn udp_pool(member: SocketAddr) -> Pool {
+        let text = format!(
+            "members = [{{ address = \"{member}\" }}]\n\
+             [health]\nkind = \"udp\"\nsend = \"ping\"\nexpect = \"pong\"\n"
+        );
+        Pool::new("p", toml::from_str(&text).unwrap()).unwrap()
+    }
+
+    async fn passes(pool: &Pool) -> bool {
+        let health = pool.health.as_ref().unwrap();
+        let probe = probe(health, &pool.members[0], &pool.upstream);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), probe).await,
+            Ok(Ok(()))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_udp_probe_passes_only_on_a_reply_with_the_expected_text() {
+        assert!(passes(&udp_pool(answering(b"pong!").await)).await);
+        assert!(!passes(&udp_pool(answering(b"nope").await)).await);
+
+        let closed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        assert!(!passes(&udp_pool(addr)).await);
+    }
 }

@@ -68,12 +68,15 @@ pub async fn serve_tcp(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // The address the client reached: not the wildcard a listener on
+        // 0.0.0.0 or [::] is bound to.
+        let reached = stream.local_addr().unwrap_or(local);
         let shared = shared.clone();
         let name = name.clone();
         let proxy_from = proxy_from.clone();
         tokio::spawn(async move {
             if let Err(reason) =
-                tcp_connection(&shared, &name, stream, peer, local, &proxy_from).await
+                tcp_connection(&shared, &name, stream, peer, reached, &proxy_from).await
             {
                 tracing::debug!(listener = %name, %peer, %reason, "TCP connection not relayed");
             }
@@ -156,14 +159,15 @@ async fn tcp_connection(
 
 /// Copy bytes both ways until both sides have finished, or until nothing
 /// moved in either direction for `idle`. A side that ends its sending
-/// (half-close) has that end passed on; the other direction goes on.
+/// (half-close) has that end passed on; the other direction goes on. An
+/// error either way (a reset) ends both, closing the other side too.
 pub async fn relay(a: TcpStream, b: TcpStream, idle: Duration) {
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
     let both = async {
-        let _ = tokio::join!(
+        let _ = tokio::try_join!(
             pump(&mut ar, &mut bw, &last, started),
             pump(&mut br, &mut aw, &last, started)
         );
@@ -277,13 +281,11 @@ async fn new_flow(
     let idle = shared.runtime.load().limits.idle_timeout;
     let index = pool.select(Some(client.ip().to_string().as_bytes()), &[])?;
     let member = pool.members[index].clone();
-    let bind: SocketAddr = match (pool.upstream.source, member.address) {
-        (Some(ip), _) => SocketAddr::new(ip, 0),
-        (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
-    };
-    let upstream = Arc::new(UdpSocket::bind(bind).await.ok()?);
-    upstream.connect(member.address).await.ok()?;
+    let upstream = Arc::new(
+        crate::net::udp_connect(member.address, pool.upstream.source)
+            .await
+            .ok()?,
+    );
     let last = Arc::new(AtomicU64::new(
         u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
     ));

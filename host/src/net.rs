@@ -64,6 +64,22 @@ pub async fn connect(
     Ok(stream)
 }
 
+/// A UDP socket connected to `to`, bound to `source` when given, else to
+/// any address of `to`'s family; the port is ephemeral.
+pub async fn udp_connect(
+    to: SocketAddr,
+    source: Option<IpAddr>,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    let bind = match (source, to) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
+    socket.connect(to).await?;
+    Ok(socket)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,19 @@ pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
     }
 }
 
+/// The header of a connection adc makes for itself, such as a health
+/// probe: LOCAL in v2, UNKNOWN in v1. The receiver keeps the real peer.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]); // v2 LOCAL, no address
+            out
+        }
+    }
+}
+
 fn to_v6(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
@@ -98,8 +111,11 @@ pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketA
     let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
-    if head[0] & 0x0f == 0 {
-        return Ok(None); // LOCAL: health checks of the balancer itself
+    // Command 0 is LOCAL (the balancer's own health checks), 1 is PROXY.
+    match head[0] & 0x0f {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(Error::Malformed("unknown command")),
     }
     match head[1] >> 4 {
         1 if len >= 12 => {
@@ -142,10 +158,13 @@ async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAd
     let parts: Vec<&str> = text.split(' ').collect();
     match parts.as_slice() {
         ["PROXY", "UNKNOWN", ..] => Ok(None),
-        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => {
+        ["PROXY", family @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
             let ip: IpAddr = src
                 .parse()
                 .map_err(|_| Error::Malformed("bad source address"))?;
+            if ip.is_ipv4() != (*family == "TCP4") {
+                return Err(Error::Malformed("source address of the other family"));
+            }
             let port: u16 = sport
                 .parse()
                 .map_err(|_| Error::Malformed("bad source port"))?;
@@ -185,5 +204,29 @@ mod tests {
         long.extend(std::iter::repeat_n(b'1', 200));
         let mut reader = &long[..];
         assert!(matches!(read(&mut reader).await, Err(Error::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_header_that_contradicts_itself_is_refused() {
+        let mut reader = &b"PROXY TCP4 2001:db8::7 192.0.2.1 5555 443\r\n"[..];
+        assert!(matches!(read(&mut reader).await, Err(Error::Malformed(_))));
+
+        // Command 2 does not exist: only LOCAL (0) and PROXY (1) do.
+        let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let mut bytes = encode(Version::V2, client, client);
+        bytes[12] = 0x22;
+        let mut reader = &bytes[..];
+        assert!(matches!(read(&mut reader).await, Err(Error::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_local_header_keeps_the_peer_and_leaves_the_payload() {
+        for version in [Version::V1, Version::V2] {
+            let mut bytes = encode_local(version);
+            bytes.extend_from_slice(b"GET /");
+            let mut reader = &bytes[..];
+            assert_eq!(read(&mut reader).await.unwrap(), None);
+            assert_eq!(reader, b"GET /");
+        }
     }
 }
