@@ -43,6 +43,22 @@ pub const RESERVED_POLICY_METRICS: &[&str] = &[
 
 fn describe() {
     describe_counter!(
+        "adc_client_received_bytes_total",
+        "Request body bytes received from clients, by listener"
+    );
+    describe_counter!(
+        "adc_client_sent_bytes_total",
+        "Response body bytes sent to clients, by listener"
+    );
+    describe_counter!(
+        "adc_tls_reloads_total",
+        "Certificate reloads after a file changed, by listener and outcome"
+    );
+    describe_counter!(
+        "adc_tls_handshake_failures_total",
+        "TLS handshakes with clients that failed, by listener"
+    );
+    describe_counter!(
         "adc_requests_total",
         "Client requests answered, by listener, route, pool, member and status class"
     );
@@ -65,6 +81,14 @@ fn describe() {
     describe_gauge!(
         "adc_client_connections",
         "Client connections now open, by listener"
+    );
+    describe_counter!(
+        "adc_l4_connections_total",
+        "TCP connections relayed by L4 listeners, by listener, pool and member"
+    );
+    describe_counter!(
+        "adc_l4_flows_total",
+        "UDP flows started by L4 listeners, by listener, pool and member"
     );
     describe_counter!(
         "adc_lb_selections_total",
