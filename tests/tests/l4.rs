@@ -615,3 +615,31 @@ async fn an_l4_connection_whose_members_all_refuse_is_closed_promptly() {
     assert!(back.is_empty());
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn l4_connections_and_flows_are_counted_in_described_metrics() {
+    let (tcp, udp) = (TcpEcho::start().await, UdpEcho::start().await);
+    let config = l4_config("tcp", &[tcp.addr], "")
+        + &format!(
+            "\n[[listener]]\nname = \"u4\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
+             pool = \"uecho\"\n\n[pools.uecho]\nmembers = [{{ address = \"{}\" }}]\n",
+            udp.addr
+        );
+    let adc = Adc::start(&config).await;
+    assert_eq!(tcp_exchange(adc.running.listeners["l4"], b"x").await, b"x");
+    let back = udp_exchange(&udp_client().await, adc.running.listeners["u4"], b"y").await;
+    assert_eq!(back.as_deref(), Some(&b"y"[..]));
+
+    let metrics = adc_tests::client()
+        .get(adc.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["adc_l4_connections_total", "adc_l4_flows_total"] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name}");
+        assert!(metrics.contains(&format!("{name}{{listener=\"")), "{name}");
+    }
+}
