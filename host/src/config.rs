@@ -674,6 +674,16 @@ impl Config {
                     ));
                 }
                 self.health_speaks(&r.pool, false)?;
+                if self
+                    .pools
+                    .get(r.pool.get_ref())
+                    .is_some_and(|p| p.proxy_protocol.is_some())
+                {
+                    return Err((Some(r.pool.span().start), format!(
+                        "pool {:?} sends PROXY headers, which only TCP listeners write; HTTP routes carry the client in X-Forwarded-For",
+                        r.pool.get_ref()
+                    )));
+                }
                 for p in &r.policies {
                     if !self.policies.contains_key(p.get_ref()) {
                         return Err((

@@ -169,6 +169,8 @@ pub async fn serve_http(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // On a wildcard address, the address this client actually reached.
+        let local = stream.local_addr().unwrap_or(local);
         tokio::spawn(connection(
             shared.clone(),
             frontend.clone(),

@@ -630,14 +630,7 @@ async fn l4_connections_and_flows_are_counted_in_described_metrics() {
     let back = udp_exchange(&udp_client().await, adc.running.listeners["u4"], b"y").await;
     assert_eq!(back.as_deref(), Some(&b"y"[..]));
 
-    let metrics = adc_tests::client()
-        .get(adc.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = adc.metrics_text().await;
     for name in ["adc_l4_connections_total", "adc_l4_flows_total"] {
         assert!(metrics.contains(&format!("# HELP {name} ")), "{name}");
         assert!(metrics.contains(&format!("{name}{{listener=\"")), "{name}");

@@ -184,12 +184,12 @@ impl Watched {
     }
 
     async fn refusals(&self) -> f64 {
-        metric(
-            &self.adc,
-            "adc_policy_loads_total",
-            &[("policy", self.name), ("outcome", "refused")],
-        )
-        .await
+        self.adc
+            .metric(
+                "adc_policy_loads_total",
+                &[("policy", self.name), ("outcome", "refused")],
+            )
+            .await
     }
 
     async fn policy_status(&self) -> serde_json::Value {
@@ -207,27 +207,6 @@ fn stamp_of(r: &reqwest::Response) -> String {
         .get(STAMP)
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
-}
-
-/// The sum of the series of metric `name` that carry all of `labels`.
-async fn metric(adc: &Adc, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = client()
-        .get(adc.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn status(adc: &Adc) -> serde_json::Value {
@@ -467,7 +446,9 @@ async fn a_bad_config_on_reload_is_refused_with_its_file_and_line_and_traffic_ca
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(adc.url("web", "/"), http_with_timeout(), stop.clone());
     let http = http_with_timeout();
-    let refused = metric(&adc, "adc_config_reloads_total", &[("outcome", "refused")]).await;
+    let refused = adc
+        .metric("adc_config_reloads_total", &[("outcome", "refused")])
+        .await;
 
     let path = adc.dir.path().join("adc.toml");
     let good = std::fs::read_to_string(&path).unwrap();
@@ -478,7 +459,11 @@ async fn a_bad_config_on_reload_is_refused_with_its_file_and_line_and_traffic_ca
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains(&format!("adc.toml:{line}")), "{error}");
     assert!(error.contains("conect_timeout"), "{error}");
-    assert!(metric(&adc, "adc_config_reloads_total", &[("outcome", "refused")]).await > refused);
+    assert!(
+        adc.metric("adc_config_reloads_total", &[("outcome", "refused")])
+            .await
+            > refused
+    );
 
     // The running configuration serves on: both members, every answer 200.
     let before = a.hits() + b.hits();
@@ -587,12 +572,12 @@ async fn the_metrics_endpoint_passes_promtool_check_metrics() {
         "{text}"
     );
 
-    let open = metric(
-        &adc,
-        "adc_upstream_connections_open",
-        &[("address", &b.addr.to_string())],
-    )
-    .await;
+    let open = adc
+        .metric(
+            "adc_upstream_connections_open",
+            &[("address", &b.addr.to_string())],
+        )
+        .await;
     assert!(
         open >= 1.0,
         "a kept-alive backend connection is counted open"

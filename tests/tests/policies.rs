@@ -60,21 +60,11 @@ async fn hostile(
 }
 
 async fn fault_count(adc: &Adc, kind: &str) -> u64 {
-    let metrics = reqwest::get(adc.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("adc_policy_faults_total")
-                && l.contains(&format!("kind=\"{kind}\""))
-                && l.contains("policy=\"bad\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    adc.metric(
+        "adc_policy_faults_total",
+        &[("kind", kind), ("policy", "bad")],
+    )
+    .await as u64
 }
 
 #[tokio::test]

@@ -295,40 +295,28 @@ async fn body_bytes_in_and_out_are_counted_per_listener() {
     let b = backend("b").await;
     let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
     let http = client();
-    let before = |metrics: &str, name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains("listener=\"web\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
-    let m0 = http
-        .get(adc.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let counted = |name: &'static str| adc.metric(name, &[("listener", "web")]);
+    let (received0, sent0) = (
+        counted("adc_client_received_bytes_total").await,
+        counted("adc_client_sent_bytes_total").await,
+    );
     let r = http
         .post(adc.url("web", "/upload"))
         .body(vec![b'x'; 5000])
         .send()
         .await
         .unwrap();
-    let answer = r.bytes().await.unwrap().len() as u64;
-    let m1 = http
-        .get(adc.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let received = before(&m1, "adc_client_received_bytes_total")
-        - before(&m0, "adc_client_received_bytes_total");
-    let sent =
-        before(&m1, "adc_client_sent_bytes_total") - before(&m0, "adc_client_sent_bytes_total");
-    assert_eq!(received, 5000);
+    let answer = r.bytes().await.unwrap().len() as f64;
+    let received = counted("adc_client_received_bytes_total").await - received0;
+    let sent = counted("adc_client_sent_bytes_total").await - sent0;
+    assert_eq!(received, 5000.0);
     assert_eq!(sent, answer);
+}
+
+#[test]
+fn an_http_route_to_a_pool_that_sends_proxy_headers_is_refused() {
+    let text = "[admin]\nlisten = \"127.0.0.1:9999\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:8081\"\n[[listener.route]]\npool = \"p\"\n[pools.p]\nproxy_protocol = \"v2\"\nmembers = [{ address = \"127.0.0.1:9001\" }]\n";
+    let e = adc::config::Config::parse(text, "t.toml").unwrap_err();
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.to_string().contains("only TCP listeners"), "{e}");
 }
