@@ -320,3 +320,67 @@ fn an_http_route_to_a_pool_that_sends_proxy_headers_is_refused() {
     assert_eq!(e.line, 7, "{e}");
     assert!(e.to_string().contains("only TCP listeners"), "{e}");
 }
+
+#[tokio::test]
+async fn an_upgrade_becomes_a_two_way_tunnel() {
+    // A backend that accepts the upgrade and then echoes bytes.
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = socket.accept().await.unwrap();
+        let service = hyper::service::service_fn(
+            |mut req: http::Request<hyper::body::Incoming>| async move {
+                tokio::spawn(async move {
+                    let upgraded = hyper::upgrade::on(&mut req).await.unwrap();
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut buf = [0u8; 64];
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut r = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut()
+                    .insert("upgrade", "websocket".parse().unwrap());
+                r.headers_mut()
+                    .insert("connection", "upgrade".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(r)
+            },
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+    });
+    let config = listener("web", &[])
+        + &format!("\n[pools.web]\nmembers = [{{ address = \"{member}\" }}]\n");
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        (head, back)
+    })
+    .await
+    .unwrap();
+    assert!(echoed.0.starts_with("HTTP/1.1 101"), "{}", echoed.0);
+    assert_eq!(&echoed.1, b"ping");
+}
