@@ -229,7 +229,8 @@ impl Pool {
                     .filter(|&i| ok(i))
                     .min_by_key(|&i| {
                         let m = &self.members[i];
-                        // Compare active/weight without division.
+                        // Requests in flight per unit of weight, scaled to
+                        // stay an integer.
                         u64::from(m.active.load(Ordering::Relaxed)) * 1_000_000
                             / u64::from(m.weight.max(1))
                     })

@@ -109,7 +109,6 @@ impl PoolDirectory for Directory {
         let shared = self.0.upgrade()?;
         let rt = shared.runtime.load();
         let pool = rt.pools.get(pool)?;
-        let now = pool.now_ms();
         Some(
             pool.members
                 .iter()
@@ -122,9 +121,6 @@ impl PoolDirectory for Directory {
                         && !pool.ejected(i),
                     enabled: m.enabled.load(std::sync::atomic::Ordering::Relaxed),
                     active: m.active.load(std::sync::atomic::Ordering::Relaxed),
-                })
-                .inspect(|_| {
-                    let _ = now;
                 })
                 .collect(),
         )

@@ -147,10 +147,9 @@ pub fn prepare_request(
         parts.headers.insert("x-forwarded-for", v);
     }
     let proto = if conn.tls { "https" } else { "http" };
-    parts.headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
     let node = match peer {
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("\"[{ip}]\""),

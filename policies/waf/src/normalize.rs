@@ -32,20 +32,11 @@ pub(crate) struct Normalized {
     pub too_deep: bool,
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn hex_at(bytes: &[u8], at: usize, len: usize) -> Option<u32> {
     let digits = bytes.get(at..at + len)?;
-    digits
-        .iter()
-        .try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex(b)?)))
+    digits.iter().try_fold(0u32, |acc, &b| {
+        Some(acc << 4 | u32::from(adc_sdk::text::hex_digit(b)?))
+    })
 }
 
 /// One round of percent-decoding; invalid escapes stay as written.
