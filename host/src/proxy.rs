@@ -292,7 +292,6 @@ pub async fn handle(
 ) -> Result<Response<Body>, Rejected> {
     let started = Instant::now();
     shared.inflight.fetch_add(1, Ordering::Relaxed);
-    let version = req.version();
     let mut served = Served::default();
     let req = req.map(|b| counted(b, &conn.traffic.received));
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
@@ -327,7 +326,6 @@ pub async fn handle(
     .increment(1);
     metrics::histogram!("adc_request_duration_seconds", "listener" => conn.listener.to_string())
         .record(started.elapsed().as_secs_f64());
-    let _ = version;
     Ok(response)
 }
 
@@ -543,6 +541,7 @@ async fn forward(
     let mut body = Some(body);
     let body_is_empty = body.as_ref().is_some_and(|b| b.is_end_stream());
     let mut tried: Vec<usize> = Vec::new();
+    let mut reroutes = 0;
     let mut attempts = 0;
     let max_attempts = limits.retries + 1;
     let mut last_error: Option<ProxyError> = None;
@@ -582,9 +581,20 @@ async fn forward(
                 Flow::Continue => {}
             }
             if (txn.pool.clone(), txn.member.clone()) != before {
-                tried.clear();
-                attempts -= 1;
-                continue;
+                // A policy may choose again, a few times: one that re-routes
+                // on every choice must not hold the worker forever.
+                if reroutes < MAX_REROUTES {
+                    reroutes += 1;
+                    tried.clear();
+                    attempts -= 1;
+                    continue;
+                }
+                let (pool_name, member_name) = before;
+                txn.pool = pool_name;
+                txn.member = member_name;
+                metrics::counter!("adc_policy_reroutes_refused_total", "pool" => pool.name.clone())
+                    .increment(1);
+                tracing::warn!(pool = %pool.name, "policies re-routed more than {MAX_REROUTES} times; sending to the member chosen last");
             }
         }
 
@@ -709,6 +719,9 @@ fn backend_failed(txn: &mut Txn, backend: &Backend, reason: &str) -> Option<Pipe
         Err(e) => Some(Pipeline::Error(e)),
     }
 }
+
+/// How many times backend-selected hooks may send a request elsewhere.
+const MAX_REROUTES: usize = 4;
 
 /// Keeps a member's in-flight count while a request is with it.
 struct ActiveGuard(Arc<crate::pool::Member>);

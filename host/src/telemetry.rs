@@ -59,6 +59,10 @@ fn describe() {
         "TLS handshakes with clients that failed, by listener"
     );
     describe_counter!(
+        "adc_policy_reroutes_refused_total",
+        "Re-routes by backend-selected hooks past the limit per request, ignored, by pool"
+    );
+    describe_counter!(
         "adc_requests_total",
         "Client requests answered, by listener, route, pool, member and status class"
     );

@@ -189,3 +189,23 @@ async fn every_set_cookie_is_seen_separately_and_an_added_one_is_its_own_line_ov
 async fn every_set_cookie_is_seen_separately_and_an_added_one_is_its_own_line_over_http2() {
     set_cookie_round_trip(h2_client()).await;
 }
+
+#[tokio::test]
+async fn a_policy_that_reroutes_on_every_choice_cannot_hold_a_request_forever() {
+    policy("fixture-pingpong");
+    let (a, b) = (backend("a").await, backend("b").await);
+    let config = listener("a", &["pingpong"])
+        + &pool("a", "round_robin", &[&a])
+        + &pool("b", "round_robin", &[&b])
+        + &config_with("pingpong", "fixture-pingpong.wasm", "");
+    let adc = Adc::start(&config).await;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client().get(adc.url("web", "/")).send(),
+    )
+    .await
+    .expect("the request ends")
+    .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(a.hits() + b.hits(), 1);
+}
