@@ -22,7 +22,7 @@ pub async fn serve(
     token: Option<String>,
     metrics: PrometheusHandle,
 ) {
-    let token = token.map(|t| Arc::<str>::from(format!("Bearer {t}")));
+    let token = token.map(Arc::<str>::from);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -32,8 +32,11 @@ pub async fn serve(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = route(&shared, token.as_deref(), &metrics, &req);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let (shared, token, metrics) = (shared.clone(), token.clone(), metrics.clone());
+                async move {
+                    let response = route(&shared, token.as_deref(), &metrics, &req).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -56,7 +59,27 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     answer(status, "application/json", format!("{value:#}\n"))
 }
 
-fn route(
+/// Whether an `Authorization` value carries `token` as a bearer token. The
+/// scheme is case-insensitive (RFC 9110); the token is compared in constant
+/// time.
+fn bearer_matches(given: Option<&http::HeaderValue>, token: &str) -> bool {
+    let Some((scheme, value)) = given
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+    else {
+        return false;
+    };
+    let value = value.trim_start().as_bytes();
+    scheme.eq_ignore_ascii_case("bearer")
+        && value.len() == token.len()
+        && value
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+async fn route(
     shared: &Arc<Shared>,
     token: Option<&str>,
     metrics: &PrometheusHandle,
@@ -67,16 +90,17 @@ fn route(
         return answer(StatusCode::OK, "text/plain", "ok\n");
     }
     if let Some(token) = token {
-        let given = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if given != Some(token) {
-            return answer(
+        if !bearer_matches(req.headers().get(http::header::AUTHORIZATION), token) {
+            let mut refused = answer(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
                 "a bearer token is required\n",
             );
+            refused.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"adc\""),
+            );
+            return refused;
         }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -91,7 +115,7 @@ fn route(
         }
         (&Method::GET, ["readyz"]) => answer(StatusCode::OK, "text/plain", "ready\n"),
         (&Method::GET, ["status"]) => json(StatusCode::OK, status(shared)),
-        (&Method::POST, ["reload"]) => match crate::serve::reload(shared) {
+        (&Method::POST, ["reload"]) => match crate::serve::reload(shared).await {
             Ok(()) => json(StatusCode::OK, json!({"reloaded": true})),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -83,7 +83,7 @@ async fn run(config: PathBuf) -> ExitCode {
         .expect("SIGTERM handler");
     loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = adc::serve::reload(&running.shared); }
+            _ = hup.recv() => { let _ = adc::serve::reload(&running.shared).await; }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

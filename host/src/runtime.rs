@@ -91,6 +91,8 @@ pub struct Shared {
     pub policy_errors: std::sync::Mutex<HashMap<String, String>>,
     /// The pools as policies see them.
     pub directory: Arc<dyn PoolDirectory>,
+    /// One reload at a time; holds the folder being watched, if any.
+    pub watcher: tokio::sync::Mutex<Option<crate::watch::Watching>>,
 }
 
 /// The pools as policies see them, read from the current runtime.

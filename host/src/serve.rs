@@ -52,6 +52,8 @@ impl Running {
         for t in self.tasks {
             t.abort();
         }
+        // Dropping the watch handle stops its task.
+        self.shared.watcher.lock().await.take();
     }
 }
 
@@ -90,11 +92,11 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         config_path: path.to_path_buf(),
         policy_errors: Default::default(),
         directory: Arc::new(Directory(weak.clone())),
+        watcher: Default::default(),
     });
     let policies = runtime::load_policies(&engine, &config, path, shared.directory.clone())
         .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
-    let policy_dir = config.policy_dir(path);
-    let watch_enabled = config.engine.watch.unwrap_or(true);
+    let watched = watched_dir(&config, path);
     let rt = runtime::build_runtime(config, path)?;
     for pool in rt.pools.values() {
         crate::health::start(pool);
@@ -122,14 +124,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         metrics_handle.clone(),
     )));
 
-    if watch_enabled {
-        match crate::watch::start(shared.clone(), policy_dir.clone()) {
-            Ok(task) => tasks.push(task),
-            Err(e) => {
-                tracing::warn!(dir = %policy_dir.display(), error = %e, "cannot watch the policy folder")
-            }
-        }
-    }
+    *shared.watcher.lock().await = crate::watch::follow(&shared, None, watched);
 
     // Histogram samples are kept until drained: drain them even when
     // nothing scrapes /metrics, so memory does not grow with traffic.
@@ -160,9 +155,32 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
     })
 }
 
+/// The policy folder to watch, if the configuration wants one watched.
+fn watched_dir(config: &Config, path: &Path) -> Option<PathBuf> {
+    config
+        .engine
+        .watch
+        .unwrap_or(true)
+        .then(|| config.policy_dir(path))
+}
+
+/// Re-read the config file (see [`reload_blocking`]) off the async workers,
+/// since compiling policies takes a while, one reload at a time; then watch
+/// the policy folder the new configuration names.
+pub async fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let mut watching = shared.watcher.lock().await;
+    let worker = shared.clone();
+    let watched = tokio::task::spawn_blocking(move || reload_blocking(&worker))
+        .await
+        .context("reload task")??;
+    *watching = crate::watch::follow(shared, watching.take(), watched);
+    Ok(())
+}
+
 /// Re-read the config file: parse and load it in full first; only then swap
-/// it in. Listener addresses are bound at start and do not change.
-pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
+/// it in. Listener addresses are bound at start and do not change. Returns
+/// the policy folder the new configuration wants watched.
+fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
     let path: PathBuf = shared.config_path.clone();
     let result = (|| {
         let config = Config::load(&path)?;
@@ -172,6 +190,7 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 .map_err(|(name, file, e)| {
                     anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
                 })?;
+        let watched = watched_dir(&config, &path);
         let rt = runtime::build_runtime(config, &path)?;
         keep_operator_state(&shared.runtime.load(), &rt);
         for pool in rt.pools.values() {
@@ -179,12 +198,12 @@ pub fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
         }
         shared.policies.store(Arc::new(policies));
         shared.runtime.store(Arc::new(rt));
-        anyhow::Ok(())
+        anyhow::Ok(watched)
     })();
     let outcome = if result.is_ok() { "ok" } else { "refused" };
     metrics::counter!("adc_config_reloads_total", "outcome" => outcome).increment(1);
     match &result {
-        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+        Ok(_) => tracing::info!(config = %path.display(), "configuration reloaded"),
         Err(e) => {
             tracing::warn!(config = %path.display(), error = %e, "configuration reload refused; the running one stays")
         }

@@ -10,7 +10,9 @@
 //! - a deleted file changes nothing: the loaded version keeps serving until
 //!   a new file appears or the configuration drops the policy;
 //! - a file is loaded with the settings of the running configuration, not
-//!   of the configuration file on disk, which a reload has yet to accept.
+//!   of the configuration file on disk, which a reload has yet to accept;
+//! - a reload that names another folder (or turns watching off) moves the
+//!   watch with it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,42 @@ use notify::{RecursiveMode, Watcher};
 use crate::policy::PolicyOptions;
 use crate::runtime::Shared;
 
-pub fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::JoinHandle<()>> {
+/// A watched folder; dropping it stops the watch.
+#[derive(Debug)]
+pub struct Watching {
+    dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watch `wanted` (or nothing), keeping the current watch when it is the
+/// same folder. A folder that cannot be watched is logged and left unwatched.
+pub fn follow(
+    shared: &Arc<Shared>,
+    current: Option<Watching>,
+    wanted: Option<PathBuf>,
+) -> Option<Watching> {
+    let wanted = wanted?;
+    if let Some(current) = current {
+        if current.dir == wanted {
+            return Some(current);
+        }
+    }
+    match start(shared.clone(), wanted.clone()) {
+        Ok(task) => Some(Watching { dir: wanted, task }),
+        Err(e) => {
+            tracing::warn!(dir = %wanted.display(), error = %e, "cannot watch the policy folder");
+            None
+        }
+    }
+}
+
+fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::JoinHandle<()>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {

@@ -711,3 +711,81 @@ async fn a_real_prometheus_scrapes_adc_and_answers_a_query_for_its_requests() {
         "the scrape is healthy: {up}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_names_another_policy_folder_moves_the_watch_there() {
+    let b = backend("b").await;
+    let w = Watched::start("stamp-moved", &[b.addr]).await;
+    let http = http_with_timeout();
+    assert_eq!(w.stamp_now(&http).await, "v1");
+
+    // The new folder starts with v1 too; the config now names it.
+    let moved = tempfile::tempdir().unwrap();
+    std::fs::write(moved.path().join("stamp.wasm"), stamp(1)).unwrap();
+    let path = w.adc.dir.path().join("adc.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        &w.dir.path().display().to_string(),
+        &moved.path().display().to_string(),
+    );
+    std::fs::write(&path, config).unwrap();
+    let answer = http.post(w.adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // A file written to the old folder is no longer loaded...
+    w.write(&stamp(2));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(w.stamp_now(&http).await, "v1");
+
+    // ...and one written to the new folder is.
+    std::fs::write(moved.path().join("stamp.wasm"), stamp(2)).unwrap();
+    w.until_stamp(&http, "v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_asked_for_with_www_authenticate_and_its_scheme_is_case_insensitive() {
+    let config = listener("web", &[]).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n",
+        1,
+    );
+    assert!(
+        config.contains("token"),
+        "the admin section takes the token"
+    );
+    let b = backend("b").await;
+    let adc = Adc::start(&(config + &pool("web", "round_robin", &[&b]))).await;
+    let http = http_with_timeout();
+    let status = adc.admin("/status");
+
+    let refused = http.get(&status).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let challenge = refused.headers().get("www-authenticate").unwrap();
+    assert!(challenge.to_str().unwrap().starts_with("Bearer"));
+
+    for (header, want) in [
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret", 200),
+        ("Bearer s3cre", 401),
+        ("Bearer s3crett", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let r = http
+            .get(&status)
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{header:?}");
+    }
+    assert_eq!(
+        http.get(adc.admin("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "liveness needs no token"
+    );
+}
