@@ -205,3 +205,74 @@ pub fn pool(name: &str, method: &str, members: &[&Backend]) -> String {
         list.join(", ")
     )
 }
+
+/// An answer read by [`send_raw_target`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Send one HTTP/1.1 request to `addr` with `target` on the request line
+/// exactly as written. reqwest cannot do this: its URL parser folds
+/// `%2e%2e` and `..` segments before anything is sent, so the evasions a
+/// proxy must see through never leave the client. A `host` header is added
+/// unless `headers` has one.
+pub async fn send_raw_target(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to adc");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(target)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    if !request.headers().contains_key(http::header::HOST) {
+        request.headers_mut().insert(
+            http::header::HOST,
+            addr.to_string().parse().expect("an address is a host"),
+        );
+    }
+    let response = sender.send_request(request).await.expect("an answer");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("the body").to_bytes();
+    RawResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Poll `check` every 50 ms until it holds; panics naming `what` after
+/// `within`.
+pub async fn eventually<F, Fut>(what: &str, within: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
