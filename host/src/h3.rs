@@ -66,6 +66,14 @@ async fn connection(
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.server_name);
+    let client_certificate = conn
+        .peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().and_then(crate::tls::identity_of))
+        .map(Arc::new);
     let record = connection_record(
         &name,
         ListenerKind::Http,
@@ -73,7 +81,7 @@ async fn connection(
         local,
         sni,
         Some("h3".into()),
-        None,
+        client_certificate.as_ref().map(|c| c.subject.clone()),
     );
     if matches!(admit(&shared, &name, &record), Admission::Reject) {
         conn.close(0u32.into(), b"rejected");
@@ -84,6 +92,7 @@ async fn connection(
         peer,
         local,
         tls: true,
+        client_certificate,
         alt_svc: None,
         traffic: crate::proxy::Traffic::for_listener(&name),
     };

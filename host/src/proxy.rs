@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The verified client certificate's identity, with mutual TLS.
+    pub client_certificate: Option<Arc<crate::tls::ClientIdentity>>,
     /// `Alt-Svc` to add to every response (HTTP/3 on the same port).
     pub alt_svc: Option<HeaderValue>,
     pub traffic: Traffic,
@@ -359,6 +361,7 @@ async fn pipeline(
     let upgrade = hop::upgrade_requested(&parts);
     let client_ip = hop::prepare_request(&mut parts, conn, rt.limits.trusted_hops);
     let mut ex = Box::new(Exchange::new(parts, client_ip, conn.tls));
+    ex.client_certificate = conn.client_certificate.clone();
 
     let host = ex.host();
     // `OPTIONS *` asks about the server itself: its target is not a path.

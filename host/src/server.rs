@@ -196,11 +196,12 @@ async fn connection(
     let listener = frontend.name.to_string();
     let gauge = metrics::gauge!("adc_client_connections", "listener" => listener.clone());
     gauge.increment(1.0);
-    let conn = ConnInfo {
+    let mut conn = ConnInfo {
         listener: frontend.name.clone(),
         peer: client,
         local,
         tls: frontend.tls.is_some(),
+        client_certificate: None,
         alt_svc: frontend.alt_svc.clone(),
         traffic: proxy::Traffic::for_listener(&listener),
     };
@@ -222,6 +223,11 @@ async fn connection(
                 }
             };
             let (_, session) = tls.get_ref();
+            conn.client_certificate = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::tls::identity_of)
+                .map(Arc::new);
             let record = connection_record(
                 &listener,
                 ListenerKind::Http,
@@ -231,10 +237,7 @@ async fn connection(
                 session
                     .alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned()),
-                session
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(crate::tls::subject_of),
+                conn.client_certificate.as_ref().map(|c| c.subject.clone()),
             );
             if !matches!(admit(&shared, &listener, &record), Admission::Reject) {
                 serve_stream(&shared, &builder, tls, conn).await;

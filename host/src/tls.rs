@@ -84,11 +84,51 @@ fn names_in(cert: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
-/// The subject of a (verified) client certificate, as text.
-pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
-    x509_parser::parse_x509_certificate(cert.as_ref())
+/// Who a verified client certificate names, as policies see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The subject, such as `CN=client one, O=Example`.
+    pub subject: String,
+    /// Subject alternative names in the certificate's order, each with its
+    /// kind: `DNS:name`, `URI:spiffe://...`, `email:a@b`, `IP:192.0.2.7`.
+    pub sans: Vec<String>,
+}
+
+/// The identity in a client certificate (the first of the chain the
+/// handshake verified). Read once per connection.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<ClientIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let sans = parsed
+        .subject_alternative_name()
         .ok()
-        .map(|(_, c)| c.subject().to_string())
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(format!("DNS:{d}")),
+                    GeneralName::URI(u) => Some(format!("URI:{u}")),
+                    GeneralName::RFC822Name(e) => Some(format!("email:{e}")),
+                    GeneralName::IPAddress(bytes) => ip_text(bytes).map(|ip| format!("IP:{ip}")),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ClientIdentity {
+        subject: parsed.subject().to_string(),
+        sans,
+    })
+}
+
+fn ip_text(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
 }
 
 #[derive(Debug)]

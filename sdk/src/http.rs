@@ -109,6 +109,20 @@ impl<'a> Request<'a> {
         self.0.client_ip()
     }
 
+    /// The subject of the client certificate the TLS handshake verified
+    /// (mutual TLS), such as `CN=client one, O=Example`; `None` without one.
+    pub fn client_certificate(&self) -> Option<String> {
+        self.0.client_certificate()
+    }
+
+    /// The subject alternative names of the verified client certificate, in
+    /// its order, each with its kind: `DNS:api.example`,
+    /// `URI:spiffe://example/api`, `email:ops@example.com`, `IP:192.0.2.7`.
+    /// Empty without a certificate.
+    pub fn client_certificate_sans(&self) -> Vec<String> {
+        self.0.client_certificate_sans()
+    }
+
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
         self.0.header(name)

@@ -201,6 +201,7 @@ pub struct MockRequest {
     scheme: String,
     version: String,
     client_ip: String,
+    client_certificate: Option<(String, Vec<String>)>,
     message: RefCell<Message>,
     vars: RefCell<Vec<(String, String)>>,
 }
@@ -214,6 +215,7 @@ impl MockRequest {
             scheme: "http".to_owned(),
             version: "HTTP/1.1".to_owned(),
             client_ip: "127.0.0.1".to_owned(),
+            client_certificate: None,
             message: RefCell::new(Message {
                 headers: Vec::new(),
                 body: None,
@@ -245,6 +247,16 @@ impl MockRequest {
     /// Set the client address.
     pub fn with_client_ip(mut self, ip: &str) -> MockRequest {
         self.client_ip = ip.to_owned();
+        self
+    }
+
+    /// Give the request a verified client certificate (mutual TLS): its
+    /// subject and its subject alternative names (`DNS:...`, `URI:...`).
+    pub fn with_client_certificate(mut self, subject: &str, sans: &[&str]) -> MockRequest {
+        self.client_certificate = Some((
+            subject.to_owned(),
+            sans.iter().map(|s| (*s).to_owned()).collect(),
+        ));
         self
     }
 
@@ -322,6 +334,17 @@ impl MockRequest {
 
     pub(crate) fn client_ip(&self) -> String {
         self.client_ip.clone()
+    }
+
+    pub(crate) fn client_certificate(&self) -> Option<String> {
+        self.client_certificate.as_ref().map(|(s, _)| s.clone())
+    }
+
+    pub(crate) fn client_certificate_sans(&self) -> Vec<String> {
+        self.client_certificate
+            .as_ref()
+            .map(|(_, sans)| sans.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<String> {

@@ -351,3 +351,349 @@ async fn a_tls_backend_receives_the_request_host_as_sni_and_a_wrong_certificate_
         "a certificate from an untrusted CA is refused"
     );
 }
+
+/// A client certificate signed by `ca`, with subject `CN=<cn>` and the
+/// subject alternative names `sans`; written as `<stem>.pem` and
+/// `<stem>.key` in `dir`.
+fn client_cert(
+    ca: &Ca,
+    dir: &Path,
+    stem: &str,
+    cn: &str,
+    sans: Vec<rcgen::SanType>,
+) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn ia5(text: &str) -> rcgen::Ia5String {
+    text.try_into().unwrap()
+}
+
+/// A TLS listener (with HTTP/3) that verifies client certificates against
+/// `client_ca`, and the `fixture-client-cert` policy both as the listener's
+/// connection policy (with `connect_requires`, when given) and on its route.
+fn mtls_config(
+    server: &(PathBuf, PathBuf),
+    client_ca: &Path,
+    required: bool,
+    connect_requires: Option<&str>,
+    web: &adc_tests::Backend,
+) -> String {
+    let settings = match connect_requires {
+        Some(want) => format!("[policies.cc.settings]\nconnect_requires = {want:?}\n"),
+        None => String::new(),
+    };
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[engine]\npolicy_dir = \"{{policies}}\"\nwatch = false\n\n\
+         [[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\nhttp3 = true\n\
+         policies = [\"cc\"]\n\
+         [listener.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\nclient_ca = {:?}\n\
+         client_auth_required = {required}\n\
+         [[listener.route]]\npool = \"web\"\npolicies = [\"cc\"]\n\n\
+         [policies.cc]\nfile = \"fixture-client-cert.wasm\"\n{settings}{}",
+        server.0.display().to_string(),
+        server.1.display().to_string(),
+        client_ca.display().to_string(),
+        pool("web", "round_robin", &[web])
+    )
+}
+
+/// The response headers curl received from `https://<name>:<port>/`, names
+/// lowercased, or curl's failure.
+async fn curl_headers(
+    adc_port: u16,
+    name: &str,
+    ca: &Path,
+    extra: &[&str],
+) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--resolve"])
+        .arg(format!("{name}:{adc_port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-o", "/dev/null", "-D", "-"])
+        .args(extra)
+        .arg(format!("https://{name}:{adc_port}/"));
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("curl runs"))
+        .await
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_lowercase())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// GET `/` over HTTP/3, presenting `client` (certificate and key files)
+/// when given; the response's status and headers.
+async fn h3_get(
+    addr: std::net::SocketAddr,
+    name: &str,
+    server_ca: &Ca,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> Result<http::Response<()>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(server_ca.roots());
+    let mut tls = match client {
+        Some((cert, key)) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let conn = endpoint
+            .connect(addr, name)
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|e| e.to_string())?;
+        let drive =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let request = http::Request::get(format!("https://{name}/"))
+            .body(())
+            .unwrap();
+        let result = async {
+            let mut stream = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.finish().await.map_err(|e| e.to_string())?;
+            stream.recv_response().await.map_err(|e| e.to_string())
+        }
+        .await;
+        drop(sender);
+        drive.abort();
+        result
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    endpoint.close(0u32.into(), b"done");
+    outcome
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_trusted_ca_gets_through_and_policies_see_its_subject_and_names(
+) {
+    policy("fixture-client-cert");
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("clients ca"));
+    let server = server_ca.leaf(dir.path(), "server", &["a.test"]);
+    let server_pem = server_ca.write(dir.path(), "server-ca");
+    let client_ca_pem = client_ca.write(dir.path(), "clients-ca");
+    let one = client_cert(
+        &client_ca,
+        dir.path(),
+        "one",
+        "client one",
+        vec![
+            rcgen::SanType::DnsName(ia5("one.clients.test")),
+            rcgen::SanType::URI(ia5("spiffe://adc.test/one")),
+            rcgen::SanType::Rfc822Name(ia5("one@clients.test")),
+            rcgen::SanType::IpAddress("192.0.2.7".parse().unwrap()),
+        ],
+    );
+    let web = backend("web").await;
+    let adc = Adc::start(&mtls_config(
+        &server,
+        &client_ca_pem,
+        true,
+        Some("client one"),
+        &web,
+    ))
+    .await;
+    let addr = adc.running.listeners["tls"];
+    let want_sans =
+        "dns:one.clients.test, uri:spiffe://adc.test/one, email:one@clients.test, ip:192.0.2.7";
+
+    let (cert, key) = (one.0.to_str().unwrap(), one.1.to_str().unwrap());
+    for version in ["--http1.1", "--http2"] {
+        let headers = curl_headers(
+            addr.port(),
+            "a.test",
+            &server_pem,
+            &[version, "--cert", cert, "--key", key],
+        )
+        .await
+        .unwrap();
+        assert!(headers.starts_with("http/"), "{headers}");
+        assert!(headers.contains(" 200"), "{version}: {headers}");
+        assert!(
+            headers.contains("x-client-subject: cn=client one\r\n"),
+            "{version}: {headers}"
+        );
+        assert!(
+            headers.contains(&format!("x-client-sans: {want_sans}\r\n")),
+            "{version}: {headers}"
+        );
+    }
+
+    let response = h3_get(addr, "a.test", &server_ca, Some(&one))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-client-subject"], "CN=client one");
+    assert_eq!(
+        response.headers()["x-client-sans"],
+        "DNS:one.clients.test, URI:spiffe://adc.test/one, email:one@clients.test, IP:192.0.2.7"
+    );
+    assert_eq!(web.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused_at_the_handshake() {
+    policy("fixture-client-cert");
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca, stranger_ca) = (
+        Ca::new("server ca"),
+        Ca::new("clients ca"),
+        Ca::new("stranger ca"),
+    );
+    let server = server_ca.leaf(dir.path(), "server", &["a.test"]);
+    let server_pem = server_ca.write(dir.path(), "server-ca");
+    let client_ca_pem = client_ca.write(dir.path(), "clients-ca");
+    let trusted = client_cert(&client_ca, dir.path(), "trusted", "client one", vec![]);
+    let stranger = client_cert(&stranger_ca, dir.path(), "stranger", "client one", vec![]);
+    let web = backend("web").await;
+    let adc = Adc::start(&mtls_config(&server, &client_ca_pem, true, None, &web)).await;
+    let addr = adc.running.listeners["tls"];
+    let failures = || adc.metric("adc_tls_handshake_failures_total", &[("listener", "tls")]);
+    let before = failures().await;
+
+    let err = curl(addr.port(), "a.test", &server_pem, &[])
+        .await
+        .unwrap_err();
+    assert!(!err.is_empty());
+    let (cert, key) = (stranger.0.to_str().unwrap(), stranger.1.to_str().unwrap());
+    let err = curl(
+        addr.port(),
+        "a.test",
+        &server_pem,
+        &["--cert", cert, "--key", key],
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_empty());
+    assert!(h3_get(addr, "a.test", &server_ca, None).await.is_err());
+    assert!(h3_get(addr, "a.test", &server_ca, Some(&stranger))
+        .await
+        .is_err());
+    assert_eq!(web.hits(), 0, "no refused client reached the backend");
+    // The refusal reaches curl as the server counts it: wait for the count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failures().await - before < 2.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        failures().await - before,
+        2.0,
+        "both TCP refusals were TLS handshake failures"
+    );
+
+    // The same listener takes a certificate its CA signed, so the refusals
+    // above were about the certificates.
+    let (cert, key) = (trusted.0.to_str().unwrap(), trusted.1.to_str().unwrap());
+    assert_eq!(
+        curl(
+            addr.port(),
+            "a.test",
+            &server_pem,
+            &["--cert", cert, "--key", key]
+        )
+        .await
+        .unwrap(),
+        "200 2"
+    );
+    assert!(h3_get(addr, "a.test", &server_ca, Some(&trusted))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn the_connect_hook_sees_the_certificate_subject_and_optional_verification_lets_clients_without_one_in(
+) {
+    policy("fixture-client-cert");
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("clients ca"));
+    let server = server_ca.leaf(dir.path(), "server", &["a.test"]);
+    let server_pem = server_ca.write(dir.path(), "server-ca");
+    let client_ca_pem = client_ca.write(dir.path(), "clients-ca");
+    let one = client_cert(&client_ca, dir.path(), "one", "client one", vec![]);
+    let two = client_cert(&client_ca, dir.path(), "two", "client two", vec![]);
+    let web = backend("web").await;
+
+    // The connect hook lets only "client one" in.
+    let strict = Adc::start(&mtls_config(
+        &server,
+        &client_ca_pem,
+        true,
+        Some("client one"),
+        &web,
+    ))
+    .await;
+    let port = strict.running.listeners["tls"].port();
+    let args = |c: &(PathBuf, PathBuf)| {
+        vec![
+            "--cert".to_owned(),
+            c.0.display().to_string(),
+            "--key".to_owned(),
+            c.1.display().to_string(),
+        ]
+    };
+    let one_args = args(&one);
+    let one_args: Vec<&str> = one_args.iter().map(String::as_str).collect();
+    let two_args = args(&two);
+    let two_args: Vec<&str> = two_args.iter().map(String::as_str).collect();
+    assert_eq!(
+        curl(port, "a.test", &server_pem, &one_args).await.unwrap(),
+        "200 2"
+    );
+    assert!(
+        curl(port, "a.test", &server_pem, &two_args).await.is_err(),
+        "client two's connection was rejected by the connect hook"
+    );
+    assert_eq!(web.hits(), 1);
+
+    // Verification without requirement: a client without a certificate is
+    // served, and policies see that it has none.
+    let optional = Adc::start(&mtls_config(&server, &client_ca_pem, false, None, &web)).await;
+    let port = optional.running.listeners["tls"].port();
+    let headers = curl_headers(port, "a.test", &server_pem, &[])
+        .await
+        .unwrap();
+    assert!(headers.contains("x-client-subject: none\r\n"), "{headers}");
+    assert!(headers.contains("x-client-sans: none\r\n"), "{headers}");
+    let headers = curl_headers(port, "a.test", &server_pem, &two_args)
+        .await
+        .unwrap();
+    assert!(
+        headers.contains("x-client-subject: cn=client two\r\n"),
+        "{headers}"
+    );
+}

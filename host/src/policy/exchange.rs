@@ -16,6 +16,8 @@ pub struct Exchange {
     pub request: http::request::Parts,
     pub client_ip: IpAddr,
     pub tls: bool,
+    /// The verified client certificate's identity, with mutual TLS.
+    pub client_certificate: Option<std::sync::Arc<crate::tls::ClientIdentity>>,
     /// The buffered request body, only while `on-request-body` runs.
     pub request_body: Option<Bytes>,
     pub response: Option<http::response::Parts>,
@@ -31,6 +33,7 @@ impl Exchange {
             request,
             client_ip,
             tls,
+            client_certificate: None,
             request_body: None,
             response: None,
             response_body: None,

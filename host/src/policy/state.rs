@@ -388,6 +388,20 @@ impl whttp::HostRequest for StoreState {
             .unwrap_or_default()
     }
 
+    fn client_certificate(&mut self, _: Resource<RequestRef>) -> Option<String> {
+        self.exchange()?
+            .client_certificate
+            .as_ref()
+            .map(|c| c.subject.clone())
+    }
+
+    fn client_certificate_sans(&mut self, _: Resource<RequestRef>) -> Vec<String> {
+        self.exchange()
+            .and_then(|e| e.client_certificate.as_ref())
+            .map(|c| c.sans.clone())
+            .unwrap_or_default()
+    }
+
     fn header(&mut self, _: Resource<RequestRef>, name: String) -> Option<String> {
         exchange::header(&self.exchange()?.request.headers, &name)
     }
