@@ -297,16 +297,35 @@ impl Sticky {
 
     fn learn_response(&self, req: &Request, resp: &Response, member: &str, ttl: Duration) {
         let mut learned = false;
+        let mut ended = false;
         for line in resp.header_values("set-cookie") {
             let Some(set) = parse_set_cookie(&line, &self.cookie) else {
                 continue;
             };
-            let key = session_key(&set.value);
             if set.removal {
-                if kv::delete(&key) {
-                    let _ = metrics::counter_add("sticky_sessions_forgotten_total", 1, &[]);
+                // A deleting line seldom names the session it ends
+                // (`JSESSIONID=; Max-Age=0`, PHP's `PHPSESSID=deleted`): the
+                // session ended is the one the request presented, and the
+                // one the line names when it names one.
+                ended = true;
+                let mut keys: Vec<String> = req
+                    .cookie(&self.cookie)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| session_key(&v))
+                    .into_iter()
+                    .collect();
+                if !set.value.is_empty() {
+                    let named = session_key(&set.value);
+                    if !keys.contains(&named) {
+                        keys.push(named);
+                    }
                 }
-            } else if self.remember(&key, member, ttl) {
+                for key in keys {
+                    if kv::delete(&key) {
+                        let _ = metrics::counter_add("sticky_sessions_forgotten_total", 1, &[]);
+                    }
+                }
+            } else if self.remember(&session_key(&set.value), member, ttl) {
                 let _ = metrics::counter_add(
                     "sticky_sessions_learned_total",
                     1,
@@ -319,7 +338,7 @@ impl Sticky {
         // A known session whose member could not serve it now belongs to the
         // member that did. Unknown sessions are never learned from requests:
         // a client could fill the table with made-up ones.
-        if !learned && req.var(&self.vars.presented).as_deref() != Some(member) {
+        if !learned && !ended && req.var(&self.vars.presented).as_deref() != Some(member) {
             if let Some(key) = req.var(&self.vars.session) {
                 if self.remember(&key, member, ttl) {
                     let _ = metrics::counter_add(

@@ -470,6 +470,62 @@ fn learn_mode_forgets_a_session_the_backend_deletes() {
 }
 
 #[test]
+fn learn_mode_forgets_the_presented_session_when_the_deleting_line_names_none() {
+    // Tomcat ends a session with `JSESSIONID=; Max-Age=0`, PHP with
+    // `PHPSESSID=deleted; Max-Age=0`: neither names the session, which is
+    // the one the request carried.
+    for deleting in [
+        "JSESSIONID=; Path=/; Max-Age=0",
+        "JSESSIONID=deleted; Max-Age=0",
+    ] {
+        let host = host_with_pool();
+        let policy: Sticky = host.init(LEARN).expect("valid");
+        let login = MockResponse::new(200).with_header("set-cookie", "JSESSIONID=s1");
+        transaction(&policy, &MockRequest::get("/"), "web-1", login);
+        let req = MockRequest::get("/logout").with_header("cookie", "JSESSIONID=s1");
+        let logout = MockResponse::new(200).with_header("set-cookie", deleting);
+        transaction(&policy, &req, "web-1", logout);
+        assert_eq!(
+            host.counter("sticky_sessions_forgotten_total"),
+            1,
+            "{deleting}"
+        );
+        let after = MockRequest::get("/").with_header("cookie", "JSESSIONID=s1");
+        assert_eq!(
+            policy.on_request_headers(&after.as_request()),
+            Decision::Continue,
+            "{deleting}"
+        );
+    }
+}
+
+#[test]
+fn learn_mode_does_not_repin_a_session_ended_by_another_member() {
+    let host = host_with_pool();
+    let policy: Sticky = host.init(LEARN).expect("valid");
+    let login = MockResponse::new(200).with_header("set-cookie", "JSESSIONID=s1");
+    transaction(&policy, &MockRequest::get("/"), "web-1", login);
+
+    // web-1 is down; web-2 serves the logout and ends the session.
+    let mut down = member("web-1", "10.0.0.1:80");
+    down.healthy = false;
+    host.set_pool("web", vec![down, member("web-2", "10.0.0.2:80")]);
+    let req = MockRequest::get("/logout").with_header("cookie", "JSESSIONID=s1");
+    let logout = MockResponse::new(200).with_header("set-cookie", "JSESSIONID=; Max-Age=0");
+    transaction(&policy, &req, "web-2", logout);
+    assert_eq!(
+        host.counter(r#"sticky_sessions_learned_total{source="repin"}"#),
+        0
+    );
+    let after = MockRequest::get("/").with_header("cookie", "JSESSIONID=s1");
+    policy.on_request_headers(&after.as_request());
+    assert_eq!(
+        host.counter(r#"sticky_requests_total{outcome="unknown"}"#),
+        1
+    );
+}
+
+#[test]
 fn invalid_settings_are_refused() {
     let host = TestHost::new();
     let cases = [
