@@ -8,8 +8,12 @@
 //! the hostile inputs included; and `adc check` on every example.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use adc_tests::{backend, client, listener, policy, pool, send_raw_target, Adc, Backend};
+use adc_tests::{
+    backend, backend_with, client, h2_client, listener, policy, pool, send_raw_target, Adc, Backend,
+};
 
 /// A `[policies.<name>]` block for a shipped policy file, with its settings.
 fn shipped(name: &str, file: &str, settings: &str) -> String {
@@ -183,4 +187,500 @@ async fn router_sees_through_encoded_dot_segments_and_forwards_the_path_it_route
     }
     let admin = &backends[2];
     assert_eq!(admin.hits(), 6);
+}
+
+// ---------------------------------------------------------------- sticky
+
+const STICKY_SECRET: &str = "integration-test-secret-0123456789";
+
+/// An insert-mode cookie value as the sticky README documents it:
+/// `member.expiry.tag`, the tag the hex HMAC-SHA256 of `pool\nmember\nexpiry`.
+fn seal(pool: &str, member: &str, expiry: u64, secret: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{pool}\n{member}\n{expiry}").as_bytes());
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{member}.{expiry}.{tag}")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The `Set-Cookie` lines of a response for cookie `name`.
+fn set_cookies(response: &reqwest::Response, name: &str) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .filter(|l| l.starts_with(&format!("{name}=")))
+        .collect()
+}
+
+/// The value of the one `adc_sticky` cookie a response sets, if any.
+fn sticky_cookie(response: &reqwest::Response) -> Option<String> {
+    let lines = set_cookies(response, "adc_sticky");
+    assert!(lines.len() <= 1, "one sticky cookie at most: {lines:?}");
+    let line = lines.first()?;
+    let (pair, _) = line.split_once(';').unwrap_or((line, ""));
+    Some(pair.strip_prefix("adc_sticky=").unwrap().to_owned())
+}
+
+/// The member an insert-mode cookie value names.
+fn cookie_member(value: &str) -> &str {
+    value.split('.').next().unwrap()
+}
+
+/// Two members `m0` (backend "a") and `m1` (backend "b") in round robin,
+/// behind the sticky policy in insert mode, instance `instance`.
+async fn sticky_insert(instance: &str) -> (Adc, Backend, Backend) {
+    policy("sticky");
+    let (a, b) = (backend("a").await, backend("b").await);
+    let config = listener("web", &[instance])
+        + &pool("web", "round_robin", &[&a, &b])
+        + &shipped(
+            instance,
+            "sticky",
+            &format!(
+                "pool = \"web\"\nmode = \"insert\"\nsecret = \"{STICKY_SECRET}\"\nmax_age = 3600\n"
+            ),
+        );
+    (Adc::start(&config).await, a, b)
+}
+
+fn backend_of(member: &str) -> &'static str {
+    match member {
+        "m0" => "a",
+        "m1" => "b",
+        other => panic!("no member {other}"),
+    }
+}
+
+async fn sticky_count(adc: &Adc, instance: &str, outcome: &str) -> f64 {
+    adc.metric(
+        "adc_policy_sticky_requests_total",
+        &[("policy", instance), ("outcome", outcome)],
+    )
+    .await
+}
+
+/// Send `cookie` (a whole `Cookie` value) `n` times; every answer must come
+/// from a member that the response then pins (a new cookie naming it), and
+/// the set of backends that answered is returned.
+async fn ignored_cookie(adc: &Adc, cookie: &str, n: usize) -> std::collections::BTreeSet<String> {
+    let http = client();
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let by = served_by(&r);
+        let fresh = sticky_cookie(&r).expect("an ignored cookie is replaced");
+        assert_eq!(backend_of(cookie_member(&fresh)), by, "{cookie}");
+        served.insert(by);
+    }
+    served
+}
+
+#[tokio::test]
+async fn sticky_insert_pins_a_client_and_ignores_forged_expired_and_malformed_cookies() {
+    let instance = "sticky-pin";
+    let (adc, _a, _b) = sticky_insert(instance).await;
+    let http = client();
+
+    // The first answer pins the client with a signed cookie.
+    let first = http.get(adc.url("web", "/")).send().await.unwrap();
+    let line = set_cookies(&first, "adc_sticky").pop().expect("a cookie");
+    for attribute in ["; Path=/", "; Max-Age=3600", "; HttpOnly", "; SameSite=Lax"] {
+        assert!(line.contains(attribute), "{line}");
+    }
+    assert!(!line.contains("Secure"), "plain HTTP: {line}");
+    let value = sticky_cookie(&first).unwrap();
+    let member = cookie_member(&value).to_owned();
+    assert_eq!(backend_of(&member), served_by(&first));
+    let expiry: u64 = value.split('.').nth(1).unwrap().parse().unwrap();
+    assert!(expiry.abs_diff(unix_now() + 3600) < 60, "{value}");
+
+    // Sent back, it holds the client to that member, without a new cookie.
+    for _ in 0..6 {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("cookie", format!("adc_sticky={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&r), backend_of(&member));
+        assert_eq!(sticky_cookie(&r), None, "a fresh cookie is not sent again");
+    }
+
+    // A cookie signed as the README says is honoured for either member.
+    let other = if member == "m0" { "m1" } else { "m0" };
+    let signed = seal("web", other, unix_now() + 600, STICKY_SECRET);
+    for _ in 0..4 {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("cookie", format!("adc_sticky={signed}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&r), backend_of(other));
+    }
+    assert_eq!(sticky_count(&adc, instance, "pinned").await, 10.0);
+
+    // Forged: the other member's name under this cookie's tag; a made-up
+    // tag; a cookie signed under another secret. All ignored, all re-pinned:
+    // round robin reaches both members.
+    let tag = value.rsplit('.').next().unwrap();
+    let forgeries = [
+        format!("adc_sticky={other}.{expiry}.{tag}"),
+        format!("adc_sticky={other}.{expiry}.{}", "0".repeat(64)),
+        format!(
+            "adc_sticky={}",
+            seal("web", other, expiry, "another-secret-of-enough-bytes")
+        ),
+        format!("adc_sticky={}", seal("api", other, expiry, STICKY_SECRET)),
+    ];
+    for forged in &forgeries {
+        assert_eq!(ignored_cookie(&adc, forged, 4).await.len(), 2, "{forged}");
+    }
+    assert_eq!(sticky_count(&adc, instance, "forged").await, 16.0);
+
+    // Expired: correctly signed, but its time is past.
+    let expired = seal("web", other, unix_now() - 60, STICKY_SECRET);
+    let served = ignored_cookie(&adc, &format!("adc_sticky={expired}"), 4).await;
+    assert_eq!(served.len(), 2);
+    assert_eq!(sticky_count(&adc, instance, "expired").await, 4.0);
+
+    // Malformed values are ignored the same way.
+    for junk in ["adc_sticky=m1", "adc_sticky=m1.soon.abc", "adc_sticky=.1.2"] {
+        assert_eq!(ignored_cookie(&adc, junk, 2).await.len(), 2, "{junk}");
+    }
+    assert_eq!(sticky_count(&adc, instance, "malformed").await, 6.0);
+}
+
+#[tokio::test]
+async fn sticky_insert_reads_a_quoted_cookie_and_cookies_split_over_http2_fields() {
+    let instance = "sticky-forms";
+    let (adc, _a, _b) = sticky_insert(instance).await;
+    let value = seal("web", "m1", unix_now() + 3000, STICKY_SECRET);
+
+    let quoted = client()
+        .get(adc.url("web", "/"))
+        .header("cookie", format!("x=1; adc_sticky=\"{value}\"; y=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&quoted), "b");
+    assert_eq!(sticky_cookie(&quoted), None);
+
+    // HTTP/2 clients may send each cookie in a field of its own.
+    let h2 = h2_client();
+    for _ in 0..4 {
+        let r = h2
+            .get(adc.url("web", "/"))
+            .header("cookie", "theme=dark")
+            .header("cookie", format!("adc_sticky={value}"))
+            .header("cookie", "lang=en")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(served_by(&r), "b");
+    }
+    // And a quoted value in a split field, over HTTP/2 too.
+    let r = h2
+        .get(adc.url("web", "/"))
+        .header("cookie", "theme=dark")
+        .header("cookie", format!("adc_sticky=\"{value}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "b");
+    assert_eq!(sticky_count(&adc, instance, "pinned").await, 6.0);
+
+    // Over HTTP/2 a client without a cookie is pinned like any other.
+    let fresh = h2.get(adc.url("web", "/")).send().await.unwrap();
+    let value = sticky_cookie(&fresh).expect("a cookie over HTTP/2");
+    assert_eq!(backend_of(cookie_member(&value)), served_by(&fresh));
+}
+
+#[tokio::test]
+async fn sticky_insert_repins_a_client_whose_member_is_drained() {
+    let instance = "sticky-drain";
+    let (adc, a, b) = sticky_insert(instance).await;
+    let http = client();
+    let pinned_a = format!("adc_sticky={}", seal("web", "m0", 0, STICKY_SECRET));
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("cookie", &pinned_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "a");
+
+    let drained = http
+        .post(adc.admin("/pools/web/members/m0/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("cookie", &pinned_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        served_by(&r),
+        "b",
+        "a drained member takes no pinned client"
+    );
+    let repinned = sticky_cookie(&r).expect("the client is pinned anew");
+    assert_eq!(cookie_member(&repinned), "m1");
+    assert_eq!(sticky_count(&adc, instance, "unavailable").await, 1.0);
+
+    // The new cookie holds, also once m0 takes requests again.
+    http.post(adc.admin("/pools/web/members/m0/enable"))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let r = http
+            .get(adc.url("web", "/"))
+            .header("cookie", format!("adc_sticky={repinned}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&r), "b");
+    }
+    assert_eq!((a.hits(), b.hits()), (1, 5));
+}
+
+#[tokio::test]
+async fn sticky_leaves_alone_a_request_the_router_sent_to_another_pool() {
+    policy("router");
+    policy("sticky");
+    let (a, b, api) = (backend("a").await, backend("b").await, backend("api").await);
+    let config = listener("web", &["router", "sticky"])
+        + &pool("web", "round_robin", &[&a, &b])
+        + &pool("api", "round_robin", &[&api])
+        + &shipped(
+            "router",
+            "router",
+            "default = \"web\"\n[[policies.router.settings.rules]]\nname = \"api\"\npool = \"api\"\npath_prefix = \"/api/\"\n",
+        )
+        + &shipped(
+            "sticky",
+            "sticky",
+            &format!("pool = \"web\"\nsecret = \"{STICKY_SECRET}\"\n"),
+        );
+    let adc = Adc::start(&config).await;
+    let cookie = format!("adc_sticky={}", seal("web", "m1", 0, STICKY_SECRET));
+    let http = client();
+    let r = http
+        .get(adc.url("web", "/api/users"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "api");
+    assert_eq!(sticky_cookie(&r), None, "no cookie for another pool");
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "b");
+}
+
+/// A backend like [`backend`]'s that issues an application session, as a
+/// Java application would: `JSESSIONID=<name>-<n>` to a request without
+/// one, and a deleting `Set-Cookie` on `/logout`.
+async fn session_backend(name: &'static str) -> Backend {
+    let issued = Arc::new(AtomicUsize::new(0));
+    backend_with(Arc::new(move |req| {
+        let has_session = req
+            .headers()
+            .get_all("cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").contains("JSESSIONID="));
+        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            format!("{name} {}", req.uri()),
+        )));
+        response
+            .headers_mut()
+            .insert("x-backend", name.parse().unwrap());
+        let set_cookie = if req.uri().path() == "/logout" {
+            Some("JSESSIONID=; Path=/; Max-Age=0".to_owned())
+        } else if !has_session {
+            let n = issued.fetch_add(1, Ordering::Relaxed);
+            Some(format!("JSESSIONID={name}-{n}; Path=/; HttpOnly"))
+        } else {
+            None
+        };
+        if let Some(line) = set_cookie {
+            response
+                .headers_mut()
+                .append("set-cookie", line.parse().unwrap());
+        }
+        response
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn sticky_learn_maps_an_application_session_to_the_member_that_issued_it() {
+    policy("sticky");
+    let instance = "sticky-learn";
+    let (a, b) = (session_backend("a").await, session_backend("b").await);
+    let config = listener("web", &[instance])
+        + &pool("web", "round_robin", &[&a, &b])
+        + &shipped(
+            instance,
+            "sticky",
+            "pool = \"web\"\nmode = \"learn\"\ncookie = \"JSESSIONID\"\nttl = 600\n",
+        );
+    let adc = Adc::start(&config).await;
+    let http = client();
+    let count = |outcome: &'static str| sticky_count(&adc, instance, outcome);
+
+    // New clients until each member has issued a session.
+    let mut sessions: HashMap<String, String> = HashMap::new();
+    let mut issued = 0.0;
+    for _ in 0..6 {
+        issued += 1.0;
+        let r = http.get(adc.url("web", "/login")).send().await.unwrap();
+        let by = served_by(&r);
+        let line = set_cookies(&r, "JSESSIONID").pop().expect("a session");
+        let id = line
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("JSESSIONID=")
+            .unwrap()
+            .to_owned();
+        assert!(id.starts_with(&format!("{by}-")), "{id} from {by}");
+        sessions.insert(by, id);
+        if sessions.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(sessions.len(), 2, "round robin reaches both members");
+    assert_eq!(
+        adc.metric(
+            "adc_policy_sticky_sessions_learned_total",
+            &[("policy", instance), ("source", "set_cookie")]
+        )
+        .await,
+        issued
+    );
+
+    // Each session goes back to its member, in any cookie form.
+    for (member, id) in &sessions {
+        for cookie in [
+            format!("JSESSIONID={id}"),
+            format!("a=1; JSESSIONID=\"{id}\""),
+        ] {
+            for _ in 0..3 {
+                let r = http
+                    .get(adc.url("web", "/cart"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(&served_by(&r), member, "{cookie}");
+            }
+        }
+    }
+    assert_eq!(count("pinned").await, 12.0);
+
+    // A session no backend issued is left to the pool, and never learned.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = http
+            .get(adc.url("web", "/cart"))
+            .header("cookie", "JSESSIONID=made-up")
+            .send()
+            .await
+            .unwrap();
+        served.insert(served_by(&r));
+    }
+    assert_eq!(served.len(), 2, "a made-up session is not pinned");
+    assert_eq!(count("unknown").await, 4.0);
+
+    // The backend deleting the session makes the policy forget it.
+    let a_session = format!("JSESSIONID={}", sessions["a"]);
+    let r = http
+        .get(adc.url("web", "/logout"))
+        .header("cookie", &a_session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "a");
+    assert_eq!(
+        adc.metric(
+            "adc_policy_sticky_sessions_forgotten_total",
+            &[("policy", instance)]
+        )
+        .await,
+        1.0
+    );
+    let unknown_before = count("unknown").await;
+    for _ in 0..2 {
+        http.get(adc.url("web", "/cart"))
+            .header("cookie", &a_session)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(count("unknown").await, unknown_before + 2.0);
+
+    // When a session's member is drained, the member that serves it
+    // instead takes it over, and keeps it once the first is back.
+    let b_session = format!("JSESSIONID={}", sessions["b"]);
+    http.post(adc.admin("/pools/web/members/m1/drain"))
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .get(adc.url("web", "/cart"))
+        .header("cookie", &b_session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&r), "a");
+    http.post(adc.admin("/pools/web/members/m1/enable"))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let r = http
+            .get(adc.url("web", "/cart"))
+            .header("cookie", &b_session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&r), "a", "the session moved with the drain");
+    }
+    assert_eq!(
+        adc.metric(
+            "adc_policy_sticky_sessions_learned_total",
+            &[("policy", instance), ("source", "repin")]
+        )
+        .await,
+        1.0
+    );
 }
