@@ -97,6 +97,11 @@ pub struct Limits {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(default = "d_drain", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// UDP flows (client addresses with a socket to a member) each UDP
+    /// listener keeps at once; a datagram that would start one more is
+    /// dropped.
+    #[serde(default = "d_max_udp_flows")]
+    pub max_udp_flows: usize,
 }
 
 fn d_max_header_bytes() -> usize {
@@ -119,6 +124,9 @@ fn d_retries() -> usize {
 }
 fn d_drain() -> Duration {
     Duration::from_secs(10)
+}
+fn d_max_udp_flows() -> usize {
+    10_000
 }
 
 impl Default for Limits {
@@ -784,6 +792,13 @@ impl Config {
                 ),
             ));
         }
+        if self.limits.max_udp_flows == 0 {
+            return Err((
+                None,
+                "limits.max_udp_flows = 0: use at least 1 (a UDP listener without flows relays nothing)"
+                    .to_owned(),
+            ));
+        }
         if self
             .admin
             .token
@@ -909,6 +924,20 @@ members = [{ address = "127.0.0.1:9001" }]
         let c = Config::parse(GOOD, "t.toml").unwrap();
         assert_eq!(c.limits.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.pools["app"].method, Method::RoundRobin);
+    }
+
+    #[test]
+    fn the_udp_flow_limit_defaults_to_ten_thousand_and_zero_is_refused() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.limits.max_udp_flows, 10_000);
+        let set = format!("[limits]\nmax_udp_flows = 3\n{GOOD}");
+        assert_eq!(
+            Config::parse(&set, "t.toml").unwrap().limits.max_udp_flows,
+            3
+        );
+        let zero = format!("[limits]\nmax_udp_flows = 0\n{GOOD}");
+        let e = Config::parse(&zero, "t.toml").unwrap_err();
+        assert!(e.to_string().contains("max_udp_flows"), "{e}");
     }
 
     #[test]

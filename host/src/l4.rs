@@ -218,8 +218,38 @@ struct Flow {
     last: Arc<AtomicU64>,
 }
 
+type Flows = Arc<Mutex<HashMap<SocketAddr, Flow>>>;
+
+/// Why a datagram from a client without a flow started none (the `reason`
+/// label of `adc_l4_flows_refused_total`).
+#[derive(Clone, Copy)]
+enum Refused {
+    /// The listener already has `limits.max_udp_flows` flows.
+    Limit,
+    /// A connection hook rejected the client.
+    Policy,
+    /// No pool, or no member of it up.
+    NoMember,
+    /// No socket towards the member (for example the open-file limit).
+    Socket,
+}
+
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Limit => "limit",
+            Refused::Policy => "policy",
+            Refused::NoMember => "no_member",
+            Refused::Socket => "socket",
+        }
+    }
+}
+
 /// UDP: each client address is a flow, kept on one member while datagrams
-/// keep coming (flow affinity) and forgotten after the idle timeout.
+/// keep coming (flow affinity) and forgotten after the idle timeout. At most
+/// `limits.max_udp_flows` flows at once: a datagram that would start one
+/// more is dropped and counted. Each flow's task belongs to the listener:
+/// when the listener stops (shutdown), every flow ends with it.
 pub async fn serve_udp(
     shared: Arc<Shared>,
     name: Arc<str>,
@@ -228,7 +258,11 @@ pub async fn serve_udp(
 ) {
     let socket = Arc::new(socket);
     let local = socket.local_addr().expect("a bound socket has an address");
-    let flows: Arc<Mutex<HashMap<SocketAddr, Flow>>> = Arc::default();
+    let flows: Flows = Arc::default();
+    // Dropped when this function returns or its task is aborted, which
+    // aborts every flow task still running.
+    let mut tasks = tokio::task::JoinSet::new();
+    let open = metrics::gauge!("adc_l4_flows_open", "listener" => name.to_string());
     let started = Instant::now();
     let mut buf = vec![0u8; 65_535];
     loop {
@@ -242,20 +276,44 @@ pub async fn serve_udp(
             },
             _ = shutdown.changed() => return,
         };
+        // Forget the tasks of flows that ended.
+        while tasks.try_join_next().is_some() {}
         let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let existing = {
+        let (existing, count) = {
             let flows = flows.lock().unwrap_or_else(|p| p.into_inner());
-            flows.get(&client).map(|f| {
+            let existing = flows.get(&client).map(|f| {
                 f.last.store(now, Ordering::Relaxed);
                 f.upstream.clone()
-            })
+            });
+            (existing, flows.len())
         };
         let upstream = match existing {
             Some(u) => u,
-            None => match new_flow(&shared, &name, &socket, client, local, &flows, started).await {
-                Some(u) => u,
-                None => continue,
-            },
+            None => {
+                let started_flow = if count >= shared.runtime.load().limits.max_udp_flows {
+                    Err(Refused::Limit)
+                } else {
+                    let place = FlowPlace {
+                        shared: &shared,
+                        name: &name,
+                        socket: &socket,
+                        local,
+                        flows: &flows,
+                        open: &open,
+                        started,
+                    };
+                    new_flow(&place, client, &mut tasks).await
+                };
+                match started_flow {
+                    Ok(u) => u,
+                    Err(reason) => {
+                        metrics::counter!("adc_l4_flows_refused_total", "listener" => name.to_string(), "reason" => reason.label())
+                            .increment(1);
+                        tracing::debug!(listener = %name, %client, reason = reason.label(), "datagram dropped: no flow started");
+                        continue;
+                    }
+                }
+            }
         };
         if let Err(e) = upstream.send(&buf[..n]).await {
             tracing::debug!(listener = %name, %client, error = %e, "UDP send to member failed");
@@ -263,29 +321,66 @@ pub async fn serve_udp(
     }
 }
 
-async fn new_flow(
-    shared: &Arc<Shared>,
-    name: &str,
-    socket: &Arc<UdpSocket>,
-    client: SocketAddr,
+/// What a new flow needs of its listener.
+struct FlowPlace<'a> {
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+    socket: &'a Arc<UdpSocket>,
     local: SocketAddr,
-    flows: &Arc<Mutex<HashMap<SocketAddr, Flow>>>,
+    flows: &'a Flows,
+    open: &'a metrics::Gauge,
     started: Instant,
-) -> Option<Arc<UdpSocket>> {
-    let record = connection_record(name, ListenerKind::Udp, client, local, None, None, None);
+}
+
+/// Takes a flow out of its listener's table and count when its task ends,
+/// by itself (idle) or aborted with the listener.
+struct FlowEntry {
+    flows: Flows,
+    client: SocketAddr,
+    open: metrics::Gauge,
+}
+
+impl Drop for FlowEntry {
+    fn drop(&mut self) {
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.client);
+        self.open.decrement(1.0);
+    }
+}
+
+async fn new_flow(
+    place: &FlowPlace<'_>,
+    client: SocketAddr,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<Arc<UdpSocket>, Refused> {
+    let FlowPlace {
+        shared,
+        name,
+        socket,
+        local,
+        flows,
+        open,
+        started,
+    } = place;
+    let record = connection_record(name, ListenerKind::Udp, client, *local, None, None, None);
     let admission = admit(shared, name, &record);
     if matches!(admission, Admission::Reject) {
-        return None;
+        return Err(Refused::Policy);
     }
-    let pool = pool_for(shared, name, &admission)?;
+    let pool = pool_for(shared, name, &admission).ok_or(Refused::NoMember)?;
     let idle = shared.runtime.load().limits.idle_timeout;
-    let index = pool.select(Some(client.ip().to_string().as_bytes()), &[])?;
+    let index = pool
+        .select(Some(client.ip().to_string().as_bytes()), &[])
+        .ok_or(Refused::NoMember)?;
     let member = pool.members[index].clone();
     let upstream = Arc::new(
         crate::net::udp_connect(member.address, pool.upstream.source)
             .await
-            .ok()?,
+            .map_err(|_| Refused::Socket)?,
     );
+    let started = *started;
     let last = Arc::new(AtomicU64::new(
         u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
     ));
@@ -296,13 +391,19 @@ async fn new_flow(
             last: last.clone(),
         },
     );
-    metrics::counter!("adc_l4_flows_total", "listener" => name.to_owned(), "pool" => pool.name.clone(), "member" => member.name.clone()).increment(1);
+    open.increment(1.0);
+    let entry = FlowEntry {
+        flows: (*flows).clone(),
+        client,
+        open: (*open).clone(),
+    };
+    metrics::counter!("adc_l4_flows_total", "listener" => name.to_string(), "pool" => pool.name.clone(), "member" => member.name.clone()).increment(1);
 
     // Replies go back to the client until the flow has been idle.
-    let socket = socket.clone();
-    let flows = flows.clone();
+    let socket = (*socket).clone();
     let reply_from = upstream.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
+        let _entry = entry;
         let _active = Active::new(&member);
         let mut buf = vec![0u8; 65_535];
         loop {
@@ -326,13 +427,9 @@ async fn new_flow(
                 .elapsed()
                 .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
-                flows
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&client);
                 return;
             }
         }
     });
-    Some(upstream)
+    Ok(upstream)
 }

@@ -95,6 +95,14 @@ fn describe() {
         "UDP flows started by L4 listeners, by listener, pool and member"
     );
     describe_counter!(
+        "adc_l4_flows_refused_total",
+        "Datagrams from UDP clients without a flow that started none and were dropped, by listener and reason (limit: max_udp_flows reached, policy, no_member, socket)"
+    );
+    describe_gauge!(
+        "adc_l4_flows_open",
+        "UDP flows now open, by listener (at most limits.max_udp_flows each)"
+    );
+    describe_counter!(
         "adc_lb_selections_total",
         "Times the load-balancing method chose a member, by pool and member"
     );

@@ -636,3 +636,138 @@ async fn l4_connections_and_flows_are_counted_in_described_metrics() {
         assert!(metrics.contains(&format!("{name}{{listener=\"")), "{name}");
     }
 }
+
+/// Poll the metric `name` with `labels` every 20 ms until it equals `want`,
+/// for at most 10 s; panic naming the last value otherwise.
+async fn metric_reaches(adc: &Adc, name: &str, labels: &[(&str, &str)], want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = adc.metric(name, labels).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} {labels:?} is {now}, not {want}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_new_udp_clients_gets_no_flows_past_the_cap_and_each_dropped_datagram_is_counted(
+) {
+    let echo = UdpEcho::start().await;
+    let config = l4_config(
+        "udp",
+        &[echo.addr],
+        "\n[limits]\nmax_udp_flows = 3\nidle_timeout = \"2s\"\n",
+    )
+    .replace("name = \"l4\"", "name = \"capped\"");
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["capped"];
+    let open = [("listener", "capped")];
+    let refused = [("listener", "capped"), ("reason", "limit")];
+
+    let mut first = Vec::new();
+    for i in 0..3 {
+        let client = udp_client().await;
+        let payload = format!("first {i}");
+        let back = udp_exchange(&client, addr, payload.as_bytes()).await;
+        assert_eq!(back.as_deref(), Some(payload.as_bytes()));
+        first.push(client);
+    }
+    metric_reaches(&adc, "adc_l4_flows_open", &open, 3.0).await;
+
+    // Twenty more source addresses, one datagram each: no flow for any.
+    let mut flood = Vec::new();
+    for i in 0..20 {
+        let client = udp_client().await;
+        client
+            .send_to(format!("flood {i}").as_bytes(), addr)
+            .await
+            .unwrap();
+        flood.push(client);
+    }
+    metric_reaches(&adc, "adc_l4_flows_refused_total", &refused, 20.0).await;
+    for i in 0..20 {
+        assert!(
+            !echo.saw(format!("flood {i}").as_bytes()),
+            "flood {i} reached the member"
+        );
+    }
+    assert_eq!(adc.metric("adc_l4_flows_open", &open).await, 3.0);
+    assert_eq!(
+        adc.metric("adc_l4_flows_total", &[("listener", "capped")])
+            .await,
+        3.0
+    );
+    // Clients that have a flow keep it.
+    let back = udp_exchange(&first[0], addr, b"still here").await;
+    assert_eq!(back.as_deref(), Some(&b"still here"[..]));
+
+    // Once the flows have been idle for the timeout, there is room again.
+    metric_reaches(&adc, "adc_l4_flows_open", &open, 0.0).await;
+    let back = udp_exchange(&flood[0], addr, b"my turn").await;
+    assert_eq!(back.as_deref(), Some(&b"my turn"[..]));
+    assert_eq!(
+        adc.metric("adc_l4_flows_refused_total", &refused).await,
+        20.0
+    );
+    let metrics = adc.metrics_text().await;
+    for name in ["adc_l4_flows_refused_total", "adc_l4_flows_open"] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn udp_flows_end_with_their_listener_when_adc_shuts_down() {
+    // A member that answers by hand, to reach the flow's own socket.
+    let member = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let adc = Adc::start(&l4_config(
+        "udp",
+        &[member.local_addr().unwrap()],
+        "\n[limits]\nidle_timeout = \"60s\"\n",
+    ))
+    .await;
+    let addr = adc.running.listeners["l4"];
+    let client = udp_client().await;
+    let mut buf = vec![0u8; 65_535];
+
+    client.send_to(b"hello", addr).await.unwrap();
+    let (n, flow) = timeout(PATIENCE, member.recv_from(&mut buf))
+        .await
+        .expect("the datagram reaches the member")
+        .unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    member.connect(flow).await.unwrap();
+    member.send(b"before").await.unwrap();
+    let (n, from) = timeout(PATIENCE, client.recv_from(&mut buf))
+        .await
+        .expect("the flow relays the member's reply")
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"before"[..], addr));
+
+    let Adc { running, dir: _dir } = adc;
+    running.shutdown().await;
+
+    // The flow's socket closes: the member's datagrams to it are refused
+    // (ICMP port unreachable), instead of relayed for the idle minute.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let refused = match member.send(b"after").await {
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(_) => matches!(
+                timeout(Duration::from_millis(200), member.recv(&mut buf)).await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            ),
+        };
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow's socket was still open after shutdown"
+        );
+    }
+}
