@@ -545,6 +545,7 @@ async fn forward(
     let body_is_empty = body.as_ref().is_some_and(|b| b.is_end_stream());
     let mut tried: Vec<usize> = Vec::new();
     let mut reroutes = 0;
+    let mut fresh = false;
     let mut attempts = 0;
     let max_attempts = limits.retries + 1;
     let mut last_error: Option<ProxyError> = None;
@@ -618,6 +619,7 @@ async fn forward(
             upstream: &pool.upstream,
             connect_timeout: limits.connect_timeout,
             idle_timeout: limits.idle_timeout,
+            fresh: std::mem::take(&mut fresh),
         };
         let mut conn = match upstream::checkout(key, &how).await {
             Ok(c) => c,
@@ -681,6 +683,19 @@ async fn forward(
                     last_error = Some(ProxyError::Upstream(backend.address.clone(), reason));
                     continue;
                 }
+                let retryable = is_idempotent(&txn.ex.request.method) && body_is_empty;
+                if conn.reused && retryable && upstream::closed_unanswered(e.error()) {
+                    // The backend closed a kept-alive connection as the
+                    // request crossed the close: no fault of the member's.
+                    // Once more, on a new connection.
+                    tracing::debug!(member = %backend.address, %reason, "pooled connection closed under a request; sending again");
+                    body = Some(empty());
+                    tried.pop();
+                    attempts -= 1;
+                    fresh = true;
+                    last_error = Some(ProxyError::Upstream(backend.address.clone(), reason));
+                    continue;
+                }
                 pool.record_failure(index);
                 last_error = Some(ProxyError::Upstream(
                     backend.address.clone(),
@@ -689,7 +704,7 @@ async fn forward(
                 if let Some(end) = backend_failed(txn, &backend, &reason) {
                     return Err(end);
                 }
-                if !(is_idempotent(&txn.ex.request.method) && body_is_empty) {
+                if !retryable {
                     break;
                 }
                 body = Some(empty());

@@ -87,11 +87,16 @@ pub struct Connect<'a> {
     pub upstream: &'a crate::pool::Upstream,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Open a new connection even when one is idle.
+    pub fresh: bool,
 }
 
 /// Take an idle connection for `key`, or open one.
 pub async fn checkout(key: Key, how: &Connect<'_>) -> Result<Conn, UpstreamError> {
     let idle = IDLE.with(|pool| {
+        if how.fresh {
+            return None;
+        }
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(&key)?;
         while let Some(idle) = list.pop() {
@@ -200,6 +205,29 @@ where
         });
         Ok(Sender::Http1(sender))
     }
+}
+
+/// Whether a request failed because its connection ended before any answer
+/// came: closed or reset by the backend. On a kept-alive connection that is
+/// the backend closing it while idle, as the request crossed the close.
+pub fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Give an HTTP/1.1 connection back for reuse, up to `max_idle` per key.
