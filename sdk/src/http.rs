@@ -63,6 +63,17 @@ impl<'a> Request<'a> {
         self.0.uri()
     }
 
+    /// Path and query as the client sent them: before the host normalised
+    /// the path and before any policy's [`Request::set_uri`]. For inspection
+    /// (`%2e%2e` and `..` are still there); [`Request::uri`] is what is
+    /// forwarded, and what routing decisions should read.
+    ///
+    /// Added to `adc:policy@0.1.0` after its first release: a policy that
+    /// calls it needs a host that has it.
+    pub fn original_uri(&self) -> String {
+        self.0.original_uri()
+    }
+
     /// Replace path and query with an origin-form target (`/path?query`).
     ///
     /// # Errors

@@ -198,6 +198,7 @@ impl Message {
 pub struct MockRequest {
     method: RefCell<String>,
     uri: RefCell<String>,
+    original_uri: String,
     scheme: String,
     version: String,
     client_ip: String,
@@ -207,11 +208,19 @@ pub struct MockRequest {
 }
 
 impl MockRequest {
-    /// A request with this method and target (`/path?query`).
+    /// A request with this method and target (`/path?query`), as the host
+    /// holds it: `uri()` has the path normalised (see
+    /// [`text::normalize_path`]), `original_uri()` keeps `uri` as given.
     pub fn new(method: &str, uri: &str) -> MockRequest {
+        let forwarded = match uri.split_once('?') {
+            _ if uri == "*" || !uri.starts_with('/') => uri.to_owned(),
+            Some((path, query)) => format!("{}?{query}", text::normalize_path(path)),
+            None => text::normalize_path(uri),
+        };
         MockRequest {
             method: RefCell::new(method.to_owned()),
-            uri: RefCell::new(uri.to_owned()),
+            uri: RefCell::new(forwarded),
+            original_uri: uri.to_owned(),
             scheme: "http".to_owned(),
             version: "HTTP/1.1".to_owned(),
             client_ip: "127.0.0.1".to_owned(),
@@ -296,6 +305,10 @@ impl MockRequest {
 
     pub(crate) fn uri(&self) -> String {
         self.uri.borrow().clone()
+    }
+
+    pub(crate) fn original_uri(&self) -> String {
+        self.original_uri.clone()
     }
 
     pub(crate) fn set_uri(&self, uri: &str) -> Result<(), EditError> {

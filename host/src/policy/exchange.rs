@@ -16,6 +16,9 @@ pub struct Exchange {
     pub request: http::request::Parts,
     pub client_ip: IpAddr,
     pub tls: bool,
+    /// Path and query as the client sent them, before the host normalised
+    /// the path and before any policy's `set-uri`.
+    pub original_uri: String,
     /// The verified client certificate's identity, with mutual TLS.
     pub client_certificate: Option<std::sync::Arc<crate::tls::ClientIdentity>>,
     /// The buffered request body, only while `on-request-body` runs.
@@ -29,7 +32,12 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new(request: http::request::Parts, client_ip: IpAddr, tls: bool) -> Self {
+        let original_uri = request
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
         Exchange {
+            original_uri,
             request,
             client_ip,
             tls,

@@ -340,6 +340,11 @@ impl whttp::HostRequest for StoreState {
             .unwrap_or_else(|| "/".to_owned())
     }
 
+    fn original_uri(&mut self, _: Resource<RequestRef>) -> String {
+        self.exchange()
+            .map_or_else(|| "/".to_owned(), |e| e.original_uri.clone())
+    }
+
     fn set_uri(&mut self, _: Resource<RequestRef>, uri: String) -> Result<(), types::EditError> {
         self.exchange_mut()
             .ok_or(types::EditError::InvalidTarget)?

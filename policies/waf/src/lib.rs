@@ -389,7 +389,9 @@ impl Policy for Waf {
             self.protocol(req, &mut scan);
         }
 
-        let uri = req.uri();
+        // The target as the client sent it: the host forwards (and `uri`
+        // returns) the normalised path, in which `..` and `%2e%2e` are gone.
+        let uri = req.original_uri();
         let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
         scan.value(path.as_bytes(), false, "path");
         for v in body::form_values(query.as_bytes()) {

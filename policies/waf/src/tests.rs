@@ -152,6 +152,31 @@ fn each_rule_set_is_applied_to_path_query_and_headers() {
 }
 
 #[test]
+fn dot_segments_the_host_removes_before_forwarding_are_still_seen() {
+    let host = TestHost::new();
+    let policy = waf(&host, "{}");
+    for target in [
+        "/public/%2e%2e/admin/x",
+        "/public/%2E%2E/%2e%2E/admin",
+        "/public/../admin/x",
+        "/public/./../admin/x?a=1",
+    ] {
+        let req = browser(target);
+        // What the host forwards (and `uri` returns) no longer has them.
+        assert!(
+            !req.as_request().uri().contains(".."),
+            "{}",
+            req.as_request().uri()
+        );
+        assert_eq!(
+            blocked_by(&policy, &req).as_deref(),
+            Some("traversal-dot-dot"),
+            "{target}"
+        );
+    }
+}
+
+#[test]
 fn cookies_are_inspected_across_split_http2_cookie_lines() {
     let host = TestHost::new();
     let policy = waf(&host, "{}");
