@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use adc_tests::{
     backend, backend_with, client, h2_client, listener, policy, pool, send_raw_target, Adc, Backend,
@@ -911,4 +912,127 @@ async fn waf_in_log_mode_lets_the_request_through_and_counts_it() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(app.hits(), 2);
+}
+
+// ---------------------------------------------------------------- ratelimit
+
+async fn ratelimit_adc(instance: &str, settings: &str) -> (Adc, Backend) {
+    policy("ratelimit");
+    let b = backend("app").await;
+    let config = listener("web", &[instance])
+        + &pool("web", "round_robin", &[&b])
+        + &shipped(instance, "ratelimit", settings);
+    (Adc::start(&config).await, b)
+}
+
+/// Send GETs to `path` until one is refused (at most `at_most`); returns
+/// how many passed and the refusal.
+async fn until_limited(adc: &Adc, path: &str, at_most: usize) -> (usize, reqwest::Response) {
+    let http = client();
+    for passed in 0..at_most {
+        let r = http.get(adc.url("web", path)).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {}
+            429 => return (passed, r),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    panic!("{at_most} requests to {path} and none was limited");
+}
+
+async fn ratelimit_count(adc: &Adc, instance: &str, route: &str, outcome: &str) -> f64 {
+    adc.metric(
+        "adc_policy_ratelimit_requests_total",
+        &[("policy", instance), ("route", route), ("outcome", outcome)],
+    )
+    .await
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ratelimit_answers_429_with_retry_after_and_the_bucket_refills_after_it() {
+    let instance = "ratelimit-bucket";
+    // One token every 2 s, up to 3; /login has a bucket of its own: one a
+    // minute. 10.0.0.0/8 is allowed, which is not this client.
+    let (adc, app) = ratelimit_adc(
+        instance,
+        "rate = 1\nper = 2\nburst = 3\nallow = [\"10.0.0.0/8\", \"::1\"]\n\
+         [[policies.ratelimit-bucket.settings.routes]]\nprefix = \"/login\"\nrate = 1\nper = 60\nburst = 1\n",
+    )
+    .await;
+
+    let (passed, limited) = until_limited(&adc, "/", 10).await;
+    // Three, or one more if a token came while they were sent.
+    assert!((3..=4).contains(&passed), "{passed} passed");
+    assert_eq!(
+        app.hits(),
+        passed,
+        "a refused request never reaches the backend"
+    );
+    let wait = retry_after(&limited);
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    assert_eq!(limited.text().await.unwrap(), "too many requests\n");
+
+    // The /login route takes from its own bucket, with its own limit.
+    let (passed_login, limited_login) = until_limited(&adc, "/login/form", 3).await;
+    assert_eq!(passed_login, 1);
+    let login_wait = retry_after(&limited_login);
+    assert!((55..=60).contains(&login_wait), "Retry-After: {login_wait}");
+    // Dot segments do not lead out of the route's bucket.
+    let r =
+        adc_tests::send_raw_target(adc.running.listeners["web"], "GET", "/x/../login", &[]).await;
+    assert_eq!(r.status, 429);
+
+    // Once the stated time has passed, a token is there again.
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+    let r = client().get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the bucket refilled after Retry-After");
+
+    let count = |route, outcome| ratelimit_count(&adc, instance, route, outcome);
+    assert_eq!(count("default", "allowed").await, passed as f64 + 1.0);
+    assert_eq!(count("default", "limited").await, 1.0);
+    assert_eq!(count("/login", "allowed").await, 1.0);
+    assert_eq!(count("/login", "limited").await, 2.0);
+}
+
+#[tokio::test]
+async fn ratelimit_never_limits_an_allow_listed_client() {
+    let instance = "ratelimit-allow";
+    let (adc, app) = ratelimit_adc(
+        instance,
+        "rate = 1\nper = 60\nburst = 1\nallow = [\"192.0.2.0/24\", \"127.0.0.0/8\"]\n",
+    )
+    .await;
+    let http = client();
+    for _ in 0..20 {
+        let r = http.get(adc.url("web", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Over HTTP/2 too.
+    let h2 = h2_client();
+    for _ in 0..5 {
+        let r = h2.get(adc.url("web", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(app.hits(), 25);
+    assert_eq!(
+        adc.metric("adc_policy_ratelimit_exempt_total", &[("policy", instance)])
+            .await,
+        25.0
+    );
+    assert_eq!(
+        adc.metric(
+            "adc_policy_ratelimit_requests_total",
+            &[("policy", instance)]
+        )
+        .await,
+        0.0
+    );
 }
