@@ -67,34 +67,43 @@ pub struct Rewrite {
     settings: Settings,
 }
 
-fn apply_request(edits: &HeaderEdits, req: &Request) -> Result<(), String> {
+/// Apply every edit; each the host refuses is logged, and the rest still
+/// apply.
+fn apply_request(edits: &HeaderEdits, req: &Request) {
     for name in &edits.remove {
         req.remove_header(name);
     }
     for (name, value) in &edits.set {
-        req.set_header(name, value)
-            .map_err(|e| format!("set {name:?}: {e}"))?;
+        if let Err(e) = req.set_header(name, value) {
+            refused("request", "set", name, e);
+        }
     }
     for (name, value) in &edits.append {
-        req.append_header(name, value)
-            .map_err(|e| format!("append {name:?}: {e}"))?;
+        if let Err(e) = req.append_header(name, value) {
+            refused("request", "append", name, e);
+        }
     }
-    Ok(())
 }
 
-fn apply_response(edits: &HeaderEdits, resp: &Response) -> Result<(), String> {
+/// As [`apply_request`], for the response.
+fn apply_response(edits: &HeaderEdits, resp: &Response) {
     for name in &edits.remove {
         resp.remove_header(name);
     }
     for (name, value) in &edits.set {
-        resp.set_header(name, value)
-            .map_err(|e| format!("set {name:?}: {e}"))?;
+        if let Err(e) = resp.set_header(name, value) {
+            refused("response", "set", name, e);
+        }
     }
     for (name, value) in &edits.append {
-        resp.append_header(name, value)
-            .map_err(|e| format!("append {name:?}: {e}"))?;
+        if let Err(e) = resp.append_header(name, value) {
+            refused("response", "append", name, e);
+        }
     }
-    Ok(())
+}
+
+fn refused(what: &str, edit: &str, name: &str, e: adc_sdk::EditError) {
+    adc_sdk::log::warn(&format!("{what} header edit refused: {edit} {name:?}: {e}"));
 }
 
 fn replace_prefix(rules: &[PrefixRule], text: &str) -> Option<String> {
@@ -145,9 +154,7 @@ impl Policy for Rewrite {
             }
         }
         if !self.settings.request_headers.is_empty() {
-            if let Err(e) = apply_request(&self.settings.request_headers, req) {
-                adc_sdk::log::warn(&format!("request header edit refused: {e}"));
-            }
+            apply_request(&self.settings.request_headers, req);
         }
         Decision::Continue
     }
@@ -161,9 +168,7 @@ impl Policy for Rewrite {
             }
         }
         if !self.settings.response_headers.is_empty() {
-            if let Err(e) = apply_response(&self.settings.response_headers, resp) {
-                adc_sdk::log::warn(&format!("response header edit refused: {e}"));
-            }
+            apply_response(&self.settings.response_headers, resp);
         }
         Decision::Continue
     }
@@ -281,6 +286,33 @@ mod tests {
             .logs()
             .iter()
             .any(|(_, l)| l.contains("header is managed by the host")));
+    }
+
+    #[test]
+    fn a_refused_edit_does_not_stop_the_ones_after_it() {
+        let host = TestHost::new();
+        let policy: Rewrite = host
+            .init(r#"{"request_headers": {"set": [["connection", "close"], ["x-env", "prod"]], "append": [["transfer-encoding", "chunked"], ["via", "adc"]]},
+                      "response_headers": {"set": [["connection", "close"], ["x-served-by", "adc"]]}}"#)
+            .unwrap();
+        let req = MockRequest::get("/");
+        policy.on_request_headers(&req.as_request());
+        assert_eq!(
+            req.headers(),
+            vec![
+                ("x-env".into(), "prod".into()),
+                ("via".into(), "adc".into())
+            ]
+        );
+        let resp = MockResponse::new(200);
+        policy.on_response_headers(&req.as_request(), &resp.as_response());
+        assert_eq!(resp.headers(), vec![("x-served-by".into(), "adc".into())]);
+        let refusals = host
+            .logs()
+            .iter()
+            .filter(|(_, l)| l.contains("header is managed by the host"))
+            .count();
+        assert_eq!(refusals, 3);
     }
 
     #[test]
