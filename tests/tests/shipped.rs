@@ -1036,3 +1036,113 @@ async fn ratelimit_never_limits_an_allow_listed_client() {
         0.0
     );
 }
+
+// ---------------------------------------------------------------- rewrite
+
+const INTERNAL: &str = "http://internal.example/";
+const PUBLIC: &str = "https://www.example.com/";
+
+/// An HTML page of exactly `len` bytes that links to the internal name.
+fn page(len: usize) -> String {
+    let head = format!("<a href=\"{INTERNAL}a\">a</a><a href=\"{INTERNAL}b\">b</a>");
+    let mut page = head.clone();
+    page.push_str(&"x".repeat(len - head.len()));
+    page
+}
+
+async fn rewrite_backend() -> Backend {
+    backend_with(Arc::new(|req| {
+        let path = req.uri().path();
+        let (status, location, content_type, body) = match path {
+            "/moved" => (
+                302,
+                Some("http://10.0.0.5:8080/login?next=%2F"),
+                "text/plain",
+                String::new(),
+            ),
+            "/elsewhere" => (
+                302,
+                Some("http://other.example/x"),
+                "text/plain",
+                String::new(),
+            ),
+            "/relative" => (303, Some("/local/page"), "text/plain", String::new()),
+            "/small" => (200, None, "text/html; charset=utf-8", page(200)),
+            "/at-cap" => (200, None, "text/html", page(1024)),
+            "/over-cap" => (200, None, "text/html", page(1025)),
+            "/big" => (200, None, "text/html", page(64 * 1024)),
+            "/json" => (
+                200,
+                None,
+                "application/json",
+                format!("{{\"u\": \"{INTERNAL}\"}}"),
+            ),
+            _ => (404, None, "text/plain", String::new()),
+        };
+        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        let h = response.headers_mut();
+        h.insert("content-type", content_type.parse().unwrap());
+        if let Some(location) = location {
+            h.insert("location", location.parse().unwrap());
+        }
+        response
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn rewrite_maps_location_and_substitutes_bodies_up_to_the_cap_only() {
+    policy("rewrite");
+    let b = rewrite_backend().await;
+    let config = listener("web", &["rw"])
+        + &pool("web", "round_robin", &[&b])
+        + &shipped(
+            "rw",
+            "rewrite",
+            &format!(
+                "location = [{{ from = \"http://10.0.0.5:8080/\", to = \"{PUBLIC}\" }}]\n\
+                 body = {{ content_types = [\"text/html\"], replace = [{{ from = \"{INTERNAL}\", to = \"{PUBLIC}\" }}], max_bytes = 1024 }}\n"
+            ),
+        );
+    let adc = Adc::start(&config).await;
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| http.get(adc.url("web", path)).send();
+
+    // Location: the backend's own name becomes the public one.
+    let r = get("/moved").await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], format!("{PUBLIC}login?next=%2F"));
+    let r = get("/elsewhere").await.unwrap();
+    assert_eq!(r.headers()["location"], "http://other.example/x");
+    let r = get("/relative").await.unwrap();
+    assert_eq!(r.headers()["location"], "/local/page");
+
+    // Bodies up to max_bytes are substituted, with a length to match.
+    for (path, len) in [("/small", 200), ("/at-cap", 1024)] {
+        let r = get(path).await.unwrap();
+        let want = page(len).replace(INTERNAL, PUBLIC);
+        assert_eq!(
+            r.headers()["content-length"],
+            want.len().to_string().as_str(),
+            "{path}"
+        );
+        assert_eq!(r.text().await.unwrap(), want, "{path}");
+    }
+    // Larger ones pass through unchanged, whole.
+    for (path, len) in [("/over-cap", 1025), ("/big", 64 * 1024)] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), page(len), "{path}");
+    }
+    // Other content types are left alone.
+    let r = get("/json").await.unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{{\"u\": \"{INTERNAL}\"}}")
+    );
+}
