@@ -8,12 +8,13 @@
 //! the hostile inputs included; and `adc check` on every example.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use adc_tests::{
-    backend, backend_with, client, h2_client, listener, policy, pool, send_raw_target, Adc, Backend,
+    backend, backend_with, client, eventually, h2_client, listener, policy, pool, send_raw_target,
+    Adc, Backend,
 };
 
 /// A `[policies.<name>]` block for a shipped policy file, with its settings.
@@ -1145,4 +1146,230 @@ async fn rewrite_maps_location_and_substitutes_bodies_up_to_the_cap_only() {
         r.text().await.unwrap(),
         format!("{{\"u\": \"{INTERNAL}\"}}")
     );
+}
+
+// ---------------------------------------------------------------- maintenance
+
+async fn maintenance_adc(instance: &str, backends: &[&Backend], settings: &str) -> Adc {
+    policy("maintenance");
+    let config = listener("web", &[instance])
+        + &pool("web", "round_robin", backends)
+        + &shipped(instance, "maintenance", settings);
+    Adc::start(&config).await
+}
+
+#[tokio::test]
+async fn maintenance_redirects_plain_http_to_https_except_excluded_paths() {
+    let b = backend("app").await;
+    let instance = "maintenance-redirect";
+    let adc = maintenance_adc(
+        instance,
+        &[&b],
+        "[policies.maintenance-redirect.settings.redirect]\nstatus = 308\nexclude = [\"/.well-known/acme-challenge/\"]\n",
+    )
+    .await;
+    let addr = adc.running.listeners["web"];
+    let cases = [
+        (
+            "GET",
+            "/shop?x=1&y=a%20b",
+            "www.example.com",
+            "https://www.example.com/shop?x=1&y=a%20b",
+        ),
+        (
+            "POST",
+            "/form",
+            "Www.Example.com:8080",
+            "https://www.example.com/form",
+        ),
+        ("GET", "/", "example.com", "https://example.com/"),
+        // Dot segments cannot climb out of the exclusion.
+        (
+            "GET",
+            "/.well-known/acme-challenge/../../admin",
+            "example.com",
+            "https://example.com/admin",
+        ),
+        (
+            "GET",
+            "/.well-known/acme-challenge/%2e%2e/%2e%2e/admin",
+            "example.com",
+            "https://example.com/admin",
+        ),
+    ];
+    for (method, target, host, location) in cases {
+        let r = send_raw_target(addr, method, target, &[("host", host)]).await;
+        assert_eq!(r.status, 308, "{target}");
+        assert_eq!(r.headers["location"], location, "{target}");
+    }
+    assert_eq!(b.hits(), 0);
+
+    let acme = send_raw_target(
+        addr,
+        "GET",
+        "/.well-known/acme-challenge/token-1",
+        &[("host", "example.com")],
+    )
+    .await;
+    assert_eq!(acme.status, 200);
+    assert_eq!(acme.body, "app GET /.well-known/acme-challenge/token-1");
+    assert_eq!(
+        adc.metric(
+            "adc_policy_maintenance_redirects_total",
+            &[("policy", instance)]
+        )
+        .await,
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn maintenance_redirects_to_a_configured_host_and_port() {
+    let b = backend("app").await;
+    let adc = maintenance_adc(
+        "maintenance-port",
+        &[&b],
+        "[policies.maintenance-port.settings.redirect]\nport = 8443\nhost = \"secure.example.com\"\n",
+    )
+    .await;
+    let r = send_raw_target(
+        adc.running.listeners["web"],
+        "GET",
+        "/a?b=c",
+        &[("host", "www.example.com")],
+    )
+    .await;
+    assert_eq!(r.status, 301, "the default status");
+    assert_eq!(
+        r.headers["location"],
+        "https://secure.example.com:8443/a?b=c"
+    );
+}
+
+const SORRY_PAGE: &str = "<h1>Back at 06:00 UTC</h1>";
+
+fn sorry_settings(instance: &str) -> String {
+    format!(
+        "[policies.{instance}.settings.sorry]\npool = \"web\"\nretry_after = 300\npage = \"{SORRY_PAGE}\"\n"
+    )
+}
+
+/// Assert that `r` is the sorry page.
+async fn is_sorry_page(r: reqwest::Response) {
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "300");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), SORRY_PAGE);
+}
+
+async fn pages(adc: &Adc, instance: &str, reason: &str) -> f64 {
+    adc.metric(
+        "adc_policy_maintenance_pages_total",
+        &[("policy", instance), ("reason", reason)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn maintenance_answers_the_sorry_page_while_health_checks_find_no_member() {
+    // Members that serve pages but can be made to fail their health check.
+    let failing = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut members = Vec::new();
+    for name in ["a", "b"] {
+        let (failing, served) = (failing.clone(), served.clone());
+        members.push(
+            backend_with(Arc::new(move |req| {
+                let mut r =
+                    http::Response::new(http_body_util::Full::new(bytes::Bytes::from(name)));
+                if req.uri().path() == "/health" {
+                    if failing.load(Ordering::Relaxed) {
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                } else {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }))
+            .await,
+        );
+    }
+    let instance = "maintenance-health";
+    policy("maintenance");
+    let config = listener("web", &[instance])
+        + &pool("web", "round_robin", &[&members[0], &members[1]])
+        + "[pools.web.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n"
+        + &shipped(instance, "maintenance", &sorry_settings(instance));
+    let adc = Adc::start(&config).await;
+    let http = client();
+    let get = || http.get(adc.url("web", "/shop")).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+
+    failing.store(true, Ordering::Relaxed);
+    eventually(
+        "both members to fail their checks",
+        Duration::from_secs(10),
+        || async { get().await.unwrap().status() == 503 },
+    )
+    .await;
+    let before = served.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        is_sorry_page(get().await.unwrap()).await;
+    }
+    assert_eq!(
+        served.load(Ordering::Relaxed),
+        before,
+        "no backend was asked"
+    );
+    assert!(pages(&adc, instance, "pool_unavailable").await >= 4.0);
+    assert_eq!(pages(&adc, instance, "backend_failed").await, 0.0);
+
+    failing.store(false, Ordering::Relaxed);
+    eventually(
+        "a member to pass its check again",
+        Duration::from_secs(10),
+        || async { get().await.unwrap().status() == 200 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn maintenance_answers_the_sorry_page_while_every_member_is_drained() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let instance = "maintenance-drain";
+    let adc = maintenance_adc(instance, &[&a, &b], &sorry_settings(instance)).await;
+    let http = client();
+    for member in ["m0", "m1"] {
+        let r = http
+            .post(adc.admin(&format!("/pools/web/members/{member}/drain")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..3 {
+        is_sorry_page(http.get(adc.url("web", "/")).send().await.unwrap()).await;
+    }
+    assert_eq!(pages(&adc, instance, "pool_unavailable").await, 3.0);
+    assert_eq!(a.hits() + b.hits(), 0);
+
+    http.post(adc.admin("/pools/web/members/m1/enable"))
+        .send()
+        .await
+        .unwrap();
+    let r = http.get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&r), "b");
+}
+
+#[tokio::test]
+async fn maintenance_answers_the_sorry_page_when_reaching_the_backend_fails() {
+    let dead = backend("dead").await;
+    dead.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let instance = "maintenance-failed";
+    let adc = maintenance_adc(instance, &[&dead], &sorry_settings(instance)).await;
+    is_sorry_page(client().get(adc.url("web", "/")).send().await.unwrap()).await;
+    assert_eq!(pages(&adc, instance, "backend_failed").await, 1.0);
 }
