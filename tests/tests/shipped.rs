@@ -1373,3 +1373,104 @@ async fn maintenance_answers_the_sorry_page_when_reaching_the_backend_fails() {
     is_sorry_page(client().get(adc.url("web", "/")).send().await.unwrap()).await;
     assert_eq!(pages(&adc, instance, "backend_failed").await, 1.0);
 }
+
+// ---------------------------------------------------------------- examples
+
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `adc` binary. This crate depends on adc's library only, so cargo
+/// does not build the binary for it: build it here (a no-op when it is up
+/// to date) and take its path from cargo's own report.
+fn adc_binary() -> std::path::PathBuf {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(workspace())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "adc",
+            "--bin",
+            "adc",
+            "--message-format=json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo build -p adc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "adc")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo names the adc executable")
+}
+
+#[test]
+fn adc_check_accepts_every_example_and_their_addresses_do_not_clash() {
+    let shipped = [
+        "router",
+        "sticky",
+        "waf",
+        "ratelimit",
+        "rewrite",
+        "maintenance",
+    ];
+    for name in shipped {
+        policy(name);
+    }
+    let dir = workspace().join("examples");
+    let mut examples: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    examples.sort();
+    for name in shipped {
+        assert!(
+            examples.contains(&dir.join(format!("{name}.toml"))),
+            "examples/{name}.toml is missing"
+        );
+    }
+
+    let adc = adc_binary();
+    // Every address an example binds, and which example binds it.
+    let mut bound: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    for example in &examples {
+        let name = example.file_name().unwrap().to_string_lossy().into_owned();
+        let out = std::process::Command::new(&adc)
+            .arg("check")
+            .arg(example)
+            .env("ADC_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "adc check {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout)
+            .trim_end()
+            .ends_with(": ok"));
+
+        // Each example runs beside the others and the quickstart.
+        let config = adc::config::Config::load(example).unwrap();
+        let addresses = std::iter::once(*config.admin.listen.get_ref())
+            .chain(config.listeners.iter().map(|l| l.listen))
+            .chain(config.demo.iter().flat_map(|d| d.backends.iter().copied()));
+        for addr in addresses {
+            if let Some(other) = bound.insert(addr, name.clone()) {
+                panic!("{addr} is bound by both {other} and {name}");
+            }
+        }
+    }
+}
