@@ -293,15 +293,19 @@ fn adc_check_refuses_what_adc_run_could_not_serve() {
 #[tokio::test]
 async fn body_bytes_in_and_out_are_counted_per_listener() {
     let b = backend("b").await;
-    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    // Metrics are process-wide and the other tests' listeners are all
+    // called "web": this one has a name of its own, or their bytes count.
+    let config = listener("web", &[]).replace("name = \"web\"", "name = \"bytes\"")
+        + &pool("web", "round_robin", &[&b]);
+    let adc = Adc::start(&config).await;
     let http = client();
-    let counted = |name: &'static str| adc.metric(name, &[("listener", "web")]);
+    let counted = |name: &'static str| adc.metric(name, &[("listener", "bytes")]);
     let (received0, sent0) = (
         counted("adc_client_received_bytes_total").await,
         counted("adc_client_sent_bytes_total").await,
     );
     let r = http
-        .post(adc.url("web", "/upload"))
+        .post(adc.url("bytes", "/upload"))
         .body(vec![b'x'; 5000])
         .send()
         .await
