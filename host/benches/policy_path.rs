@@ -1,6 +1,9 @@
 //! The cost of the policy path per request: one policy with request and
 //! response hooks that read three headers and set one, and a chain of three.
 //!
+//! One exchange is reused across iterations (the fixture's edits are
+//! idempotent), so that building and dropping it is not measured.
+//!
 //! Run: `scripts/build-policies fixture-bench-headers && cargo bench -p adc --bench policy_path`
 
 use std::net::IpAddr;
@@ -69,29 +72,40 @@ fn policy_path(c: &mut Criterion) {
             .expect("the fixture loads")
     };
     let one = vec![load("p1")];
+    let noop_file = file.with_file_name("fixture-noop.wasm");
+    let noop_wasm = std::fs::read(&noop_file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/build-policies fixture-noop",
+            noop_file.display()
+        )
+    });
+    let noop = vec![engine
+        .load(
+            "noop",
+            &noop_wasm,
+            PolicyOptions::default(),
+            Arc::new(NoPools),
+        )
+        .expect("the fixture loads")];
     let three = vec![load("p1"), load("p2"), load("p3")];
 
     let mut group = c.benchmark_group("policy_path");
     group.bench_function("no_policy", |b| {
-        b.iter_batched(
-            exchange,
-            |ex| run(&[], ex),
-            criterion::BatchSize::SmallInput,
-        )
+        let mut ex = Some(exchange());
+        b.iter(|| ex = Some(run(&[], ex.take().expect("put back"))))
+    });
+    // A request hook that does nothing: the cost of one hook call alone.
+    group.bench_function("empty_hook", |b| {
+        let mut ex = Some(exchange());
+        b.iter(|| ex = Some(run(&noop, ex.take().expect("put back"))))
     });
     group.bench_function("one_policy", |b| {
-        b.iter_batched(
-            exchange,
-            |ex| run(&one, ex),
-            criterion::BatchSize::SmallInput,
-        )
+        let mut ex = Some(exchange());
+        b.iter(|| ex = Some(run(&one, ex.take().expect("put back"))))
     });
     group.bench_function("three_policies", |b| {
-        b.iter_batched(
-            exchange,
-            |ex| run(&three, ex),
-            criterion::BatchSize::SmallInput,
-        )
+        let mut ex = Some(exchange());
+        b.iter(|| ex = Some(run(&three, ex.take().expect("put back"))))
     });
     group.finish();
 }

@@ -1383,37 +1383,6 @@ fn workspace() -> std::path::PathBuf {
         .to_owned()
 }
 
-/// The `adc` binary. This crate depends on adc's library only, so cargo
-/// does not build the binary for it: build it here (a no-op when it is up
-/// to date) and take its path from cargo's own report.
-fn adc_binary() -> std::path::PathBuf {
-    let out = std::process::Command::new(env!("CARGO"))
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "adc",
-            "--bin",
-            "adc",
-            "--message-format=json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo build -p adc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "adc")
-        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .expect("cargo names the adc executable")
-}
-
 #[test]
 fn adc_check_accepts_every_example_and_their_addresses_do_not_clash() {
     let shipped = [
@@ -1441,26 +1410,14 @@ fn adc_check_accepts_every_example_and_their_addresses_do_not_clash() {
         );
     }
 
-    let adc = adc_binary();
     // Every address an example binds, and which example binds it.
     let mut bound: HashMap<std::net::SocketAddr, String> = HashMap::new();
     for example in &examples {
         let name = example.file_name().unwrap().to_string_lossy().into_owned();
-        let out = std::process::Command::new(&adc)
-            .arg("check")
-            .arg(example)
-            .env("ADC_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "adc check {name}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout)
-            .trim_end()
-            .ends_with(": ok"));
+        // What `adc check` runs: parse, validate, load every policy.
+        if let Err(e) = adc::serve::check(example) {
+            panic!("adc check {name}: {e:#}");
+        }
 
         // Each example runs beside the others and the quickstart.
         let config = adc::config::Config::load(example).unwrap();
