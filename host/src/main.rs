@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// A proxy allocates and frees small buffers on every request, from every
+// worker thread: mimalloc's per-thread heaps do that with less work and
+// less lock traffic than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "adc",

@@ -61,6 +61,8 @@ pub struct Pool {
     ring: Vec<(u64, usize)>,
     cursor: AtomicUsize,
     epoch: Instant,
+    /// `adc_upstream_duration_seconds` of this pool.
+    pub upstream_duration: metrics::Histogram,
 }
 
 /// How a pool's members are reached.
@@ -187,6 +189,7 @@ impl Pool {
             ring,
             cursor: AtomicUsize::new(0),
             epoch: Instant::now(),
+            upstream_duration: metrics::histogram!("adc_upstream_duration_seconds", "pool" => name.to_owned()),
         })
     }
 

@@ -5,6 +5,7 @@
 //! when they come) hands its requests to [`handle`].
 
 mod hop;
+mod requests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -53,6 +54,8 @@ pub struct ConnInfo {
 pub struct Traffic {
     pub received: metrics::Counter,
     pub sent: metrics::Counter,
+    /// `adc_request_duration_seconds` of the listener.
+    pub duration: metrics::Histogram,
 }
 
 impl Traffic {
@@ -60,6 +63,7 @@ impl Traffic {
         Traffic {
             received: metrics::counter!("adc_client_received_bytes_total", "listener" => listener.to_owned()),
             sent: metrics::counter!("adc_client_sent_bytes_total", "listener" => listener.to_owned()),
+            duration: metrics::histogram!("adc_request_duration_seconds", "listener" => listener.to_owned()),
         }
     }
 }
@@ -310,23 +314,15 @@ pub async fn handle(
             .insert(header::ALT_SVC, alt_svc.clone());
     }
     let response = response.map(|b| counted(b, &conn.traffic.sent));
-    let class = match response.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!(
-        "adc_requests_total",
-        "listener" => conn.listener.to_string(),
-        "route" => served.route.as_deref().unwrap_or_default().to_owned(),
-        "pool" => served.pool,
-        "member" => served.member,
-        "class" => class,
-    )
-    .increment(1);
-    metrics::histogram!("adc_request_duration_seconds", "listener" => conn.listener.to_string())
+    requests::count(
+        &conn.listener,
+        served.route.as_deref().unwrap_or_default(),
+        &served.pool,
+        &served.member,
+        response.status().as_u16(),
+    );
+    conn.traffic
+        .duration
         .record(started.elapsed().as_secs_f64());
     Ok(response)
 }
@@ -656,7 +652,7 @@ async fn forward(
         let sent = tokio::time::timeout(limits.header_timeout, conn.sender.try_send(request)).await;
         match sent {
             Ok(Ok(mut response)) => {
-                metrics::histogram!("adc_upstream_duration_seconds", "pool" => pool.name.clone())
+                pool.upstream_duration
                     .record(attempt_started.elapsed().as_secs_f64());
                 if response.status().is_server_error() && pool.counts_5xx() {
                     pool.record_failure(index);
