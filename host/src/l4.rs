@@ -71,12 +71,12 @@ pub async fn serve_tcp(
         // The address the client reached: not the wildcard a listener on
         // 0.0.0.0 or [::] is bound to.
         let reached = stream.local_addr().unwrap_or(local);
-        let shared = shared.clone();
+        let worker_shared = shared.clone();
         let name = name.clone();
         let proxy_from = proxy_from.clone();
-        tokio::spawn(async move {
+        shared.workers.serve(stream, move |stream| async move {
             if let Err(reason) =
-                tcp_connection(&shared, &name, stream, peer, reached, &proxy_from).await
+                tcp_connection(&worker_shared, &name, stream, peer, reached, &proxy_from).await
             {
                 tracing::debug!(listener = %name, %peer, %reason, "TCP connection not relayed");
             }

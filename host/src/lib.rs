@@ -24,3 +24,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+pub mod workers;

@@ -56,27 +56,19 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, workers } => {
-            let workers = workers
-                .or_else(|| {
-                    adc::config::Config::load(&config)
-                        .ok()
-                        .map(|c| c.workers)
-                        .filter(|w| *w > 0)
-                })
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
+            // This thread accepts connections and runs admin, health checks
+            // and reloads; the worker threads serve the connections.
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name("adc-worker")
                 .build()
                 .expect("the tokio runtime starts");
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, workers))
         }
     }
 }
 
-async fn run(config: PathBuf) -> ExitCode {
-    let running = match adc::serve::start(&config).await {
+async fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
+    let running = match adc::serve::start_with(&config, workers).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -91,6 +91,8 @@ pub struct Shared {
     pub policy_errors: std::sync::Mutex<HashMap<String, String>>,
     /// The pools as policies see them.
     pub directory: Arc<dyn PoolDirectory>,
+    /// The threads client connections are served on.
+    pub workers: crate::workers::Workers,
     /// One reload at a time; holds the folder being watched, if any.
     pub watcher: tokio::sync::Mutex<Option<crate::watch::Watching>>,
 }

@@ -25,7 +25,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running adc, for `adc run` and for tests.
+/// A running adc, for `adc run` and for tests. Dropping it without
+/// [`Running::shutdown`] ends its connections at once.
 pub struct Running {
     pub shared: Arc<Shared>,
     /// Bound listener addresses by name.
@@ -39,7 +40,7 @@ impl Running {
     /// Stop accepting, wait for in-flight requests (up to the drain
     /// timeout), and return. From the start of the drain `/readyz` answers
     /// 503, so that a load balancer in front stops sending.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let drain = self.shared.runtime.load().limits.drain_timeout;
@@ -49,19 +50,40 @@ impl Running {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.abort();
         }
         // Dropping the watch handle stops its task.
         self.shared.watcher.lock().await.take();
+        self.shared.workers.stop();
     }
 }
 
-/// Start everything a config describes. Listener and admin addresses with
-/// port 0 get a free port (see [`Running::listeners`]).
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.workers.stop();
+    }
+}
+
+/// Start everything a config describes, with the configuration's number of
+/// worker threads. Listener and admin addresses with port 0 get a free port
+/// (see [`Running::listeners`]).
 pub async fn start(path: &Path) -> anyhow::Result<Running> {
+    start_with(path, None).await
+}
+
+/// [`start`], with `workers` threads serving connections instead of the
+/// configuration's `workers` (0 there means one per core).
+pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<Running> {
     let metrics_handle = crate::telemetry::prometheus();
     let config = Config::load(path)?;
+    let workers = workers
+        .or((config.workers > 0).then_some(config.workers))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = crate::workers::Workers::start(workers).context("worker threads")?;
     let engine = Engine::new(EngineOptions {
         cache_dir: config.cache_dir(path),
     })?;
@@ -93,6 +115,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
         policy_errors: Default::default(),
         directory: Arc::new(Directory(weak.clone())),
         watcher: Default::default(),
+        workers,
     });
     let policies = runtime::load_policies(&engine, &config, path, shared.directory.clone())
         .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;

@@ -171,14 +171,11 @@ pub async fn serve_http(
         let _ = stream.set_nodelay(true);
         // On a wildcard address, the address this client actually reached.
         let local = stream.local_addr().unwrap_or(local);
-        tokio::spawn(connection(
-            shared.clone(),
-            frontend.clone(),
-            builder.clone(),
-            stream,
-            peer,
-            local,
-        ));
+        let (worker_shared, frontend, builder) =
+            (shared.clone(), frontend.clone(), builder.clone());
+        shared.workers.serve(stream, move |stream| {
+            connection(worker_shared, frontend, builder, stream, peer, local)
+        });
     }
 }
 

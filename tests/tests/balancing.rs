@@ -790,7 +790,10 @@ async fn a_head_answer_keeps_the_backend_content_length_and_carries_no_body() {
 #[tokio::test]
 async fn a_client_closing_its_connection_leaves_the_backend_connection_pooled() {
     let b = quick("b").await;
-    let adc = Adc::start(&config("closing", "round_robin", &[("b", b.addr, 1)], "")).await;
+    // Each worker thread pools its own backend connections: one worker, so
+    // that one pooled connection serves every client connection.
+    let config = config("closing", "round_robin", &[("b", b.addr, 1)], "");
+    let adc = Adc::start(&format!("workers = 1\n{config}")).await;
     let addr = adc.running.listeners["web"];
     let requests: [&[u8]; 3] = [
         b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
