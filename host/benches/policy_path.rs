@@ -4,13 +4,20 @@
 //! One exchange is reused across iterations (the fixture's edits are
 //! idempotent), so that building and dropping it is not measured.
 //!
+//! The `shipped` group runs each shipped policy with the settings of its
+//! example (`examples/<policy>.toml`) through the header, backend and end
+//! hooks it registers, on a plain GET: what each costs a request that
+//! passes. Pools are not visible to policies here (no pool directory).
+//!
 //! Run: `scripts/build-policies fixture-bench-headers && cargo bench -p adc --bench policy_path`
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use adc::policy::{Engine, Exchange, LoadedPolicy, NoPools, PolicyOptions};
+use adc::policy::{
+    Backend, Engine, Exchange, Hook, LoadedPolicy, NoPools, PolicyOptions, Transaction,
+};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn exchange() -> Box<Exchange> {
@@ -110,5 +117,85 @@ fn policy_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, policy_path);
+/// Every hook the policy registers, in request order, as the proxy runs
+/// them for a request that goes to a backend and comes back.
+fn run_all_hooks(policy: &LoadedPolicy, mut ex: Box<Exchange>) -> Box<Exchange> {
+    let backend = Backend {
+        pool: "web".to_owned(),
+        member: "demo-1".to_owned(),
+        address: "127.0.0.1:9101".to_owned(),
+    };
+    let mut step = |ex: Box<Exchange>, hook: Hook| -> Box<Exchange> {
+        if !policy.implements(hook) {
+            return ex;
+        }
+        let (ex, result) = match hook {
+            Hook::RequestHeaders => policy.on_request_headers(ex),
+            Hook::BackendSelected => policy.on_backend_selected(ex, &backend),
+            Hook::ResponseHeaders => policy.on_response_headers(ex),
+            _ => return ex,
+        };
+        result.expect("the shipped policies do not fail on this request");
+        ex
+    };
+    ex = step(ex, Hook::RequestHeaders);
+    ex = step(ex, Hook::BackendSelected);
+    ex = step(ex, Hook::ResponseHeaders);
+    if policy.implements(Hook::End) {
+        let summary = Transaction {
+            status: 200,
+            duration_ns: 1_000_000,
+            upstream_ns: Some(800_000),
+            backend: Some(backend.clone()),
+            error: None,
+        };
+        let (back, result) = policy.on_end(ex, &summary);
+        result.expect("the shipped policies do not fail on this request");
+        ex = back;
+    }
+    ex
+}
+
+fn shipped(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let engine = Engine::new(Default::default()).expect("engine");
+    let mut group = c.benchmark_group("shipped");
+    for name in [
+        "router",
+        "sticky",
+        "waf",
+        "ratelimit",
+        "rewrite",
+        "maintenance",
+    ] {
+        let example = root.join(format!("examples/{name}.toml"));
+        let config = adc::config::Config::load(&example)
+            .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+        let file = root.join(format!("target/policies/{name}.wasm"));
+        let wasm = std::fs::read(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-policies", file.display()));
+        // The example's first section that loads this file.
+        let section = config
+            .policies
+            .values()
+            .find(|p| p.file.get_ref() == Path::new(&format!("{name}.wasm")))
+            .unwrap_or_else(|| panic!("examples/{name}.toml loads {name}.wasm"));
+        let options = adc::runtime::policy_options(section);
+        let policy = engine
+            .load(name, &wasm, options, Arc::new(NoPools))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A fresh exchange each time (made outside the timing): policies
+        // such as sticky add headers that a reused one would pile up.
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                exchange,
+                |ex| run_all_hooks(&policy, ex),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, policy_path, shipped);
 criterion_main!(benches);
