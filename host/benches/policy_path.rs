@@ -125,7 +125,7 @@ fn run_all_hooks(policy: &LoadedPolicy, mut ex: Box<Exchange>) -> Box<Exchange> 
         member: "demo-1".to_owned(),
         address: "127.0.0.1:9101".to_owned(),
     };
-    let mut step = |ex: Box<Exchange>, hook: Hook| -> Box<Exchange> {
+    let step = |ex: Box<Exchange>, hook: Hook| -> Box<Exchange> {
         if !policy.implements(hook) {
             return ex;
         }
