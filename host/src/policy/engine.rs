@@ -42,6 +42,8 @@ pub enum LoadError {
     Trap(Fault),
     #[error("cannot read {path}: {error}")]
     Io { path: String, error: std::io::Error },
+    #[error("cannot start the thread that times policy calls: {0}")]
+    Ticker(std::io::Error),
 }
 
 /// The wasmtime engine shared by every policy.
@@ -51,6 +53,9 @@ pub struct Engine {
     compiled: Mutex<HashMap<String, Component>>,
     options: EngineOptions,
     tables: Mutex<HashMap<String, Arc<Table>>>,
+    /// Whether the epoch ticker runs: it starts with the first policy load,
+    /// so that a proxy without policies has no thread waking every tick.
+    ticking: Mutex<bool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -72,9 +77,24 @@ impl Engine {
         let mut linker = Linker::new(&engine);
         Policy::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s).map_err(wt)?;
 
-        // The epoch ticker: one thread for the whole process. It holds only a
-        // weak handle, so it ends with the engine.
-        let weak = engine.weak();
+        Ok(Arc::new(Engine {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            options,
+            tables: Mutex::new(HashMap::new()),
+            ticking: Mutex::new(false),
+        }))
+    }
+
+    /// Start the epoch ticker, once: one thread for the whole process. It
+    /// holds only a weak handle, so it ends with the engine.
+    fn start_ticking(&self) -> Result<(), LoadError> {
+        let mut ticking = self.ticking.lock().unwrap_or_else(|p| p.into_inner());
+        if *ticking {
+            return Ok(());
+        }
+        let weak = self.engine.weak();
         std::thread::Builder::new()
             .name("adc-epoch".into())
             .spawn(move || {
@@ -83,15 +103,10 @@ impl Engine {
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
-            })?;
-
-        Ok(Arc::new(Engine {
-            engine,
-            linker,
-            compiled: Mutex::new(HashMap::new()),
-            options,
-            tables: Mutex::new(HashMap::new()),
-        }))
+            })
+            .map_err(LoadError::Ticker)?;
+        *ticking = true;
+        Ok(())
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {
@@ -212,6 +227,8 @@ impl Engine {
         options: PolicyOptions,
         pools: Arc<dyn PoolDirectory>,
     ) -> Result<Arc<LoadedPolicy>, LoadError> {
+        // Budgets need the ticker before the first call, `init` included.
+        self.start_ticking()?;
         let version = super::version_of(wasm);
         let full_hash = {
             use sha2::Digest;
