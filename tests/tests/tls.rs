@@ -581,9 +581,18 @@ async fn a_client_without_a_certificate_or_with_one_from_another_ca_is_refused_a
     let trusted = client_cert(&client_ca, dir.path(), "trusted", "client one", vec![]);
     let stranger = client_cert(&stranger_ca, dir.path(), "stranger", "client one", vec![]);
     let web = backend("web").await;
-    let adc = Adc::start(&mtls_config(&server, &client_ca_pem, true, None, &web)).await;
-    let addr = adc.running.listeners["tls"];
-    let failures = || adc.metric("adc_tls_handshake_failures_total", &[("listener", "tls")]);
+    // Metrics are process-wide: a listener name of its own, so that other
+    // tests' handshake failures are not counted here.
+    let config = mtls_config(&server, &client_ca_pem, true, None, &web)
+        .replace("name = \"tls\"", "name = \"tls-refusals\"");
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["tls-refusals"];
+    let failures = || {
+        adc.metric(
+            "adc_tls_handshake_failures_total",
+            &[("listener", "tls-refusals")],
+        )
+    };
     let before = failures().await;
 
     let err = curl(addr.port(), "a.test", &server_pem, &[])
