@@ -290,6 +290,24 @@ struct Served {
     member: String,
 }
 
+/// One request in `Shared::inflight`, the count a shutdown waits for; left
+/// on drop, so that a request whose client went away midway (its future
+/// dropped) is not counted forever.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serve one client request.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -297,11 +315,11 @@ pub async fn handle(
     req: Request<Body>,
 ) -> Result<Response<Body>, Rejected> {
     let started = Instant::now();
-    shared.inflight.fetch_add(1, Ordering::Relaxed);
+    let inflight = InFlight::enter(&shared);
     let mut served = Served::default();
     let req = req.map(|b| counted(b, &conn.traffic.received));
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
-    shared.inflight.fetch_sub(1, Ordering::Relaxed);
+    drop(inflight);
     let mut response = match result {
         Ok(r) => r,
         Err(Pipeline::Reject) => return Err(Rejected),

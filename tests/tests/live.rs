@@ -789,3 +789,28 @@ async fn the_admin_token_is_asked_for_with_www_authenticate_and_its_scheme_is_ca
         "liveness needs no token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_went_away_is_not_counted_in_flight_and_does_not_hold_up_shutdown() {
+    let gate = Gate::start("gated").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool_at("web", &[gate.addr]))).await;
+    let inflight = || async { status(&adc).await["inflight"].as_u64().unwrap() };
+
+    // The client gives up while the backend holds its request.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let slow = tokio::spawn(impatient.get(adc.url("web", "/slow")).send());
+    gate.held().await;
+    assert_eq!(inflight().await, 1);
+    assert!(slow.await.unwrap().is_err(), "the client timed out");
+
+    eventually(
+        "the abandoned request leaves the in-flight count",
+        Duration::from_secs(5),
+        || async { inflight().await == 0 },
+    )
+    .await;
+    gate.open();
+}
