@@ -449,7 +449,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // Refuses what no Duration holds (too large, negative, NaN) rather than
+    // panicking on it.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -1009,6 +1011,19 @@ send = "ping"
         let to = UDP.replace("[pools.dns]\n", "[pools.dns]\nproxy_protocol = \"v2\"\n");
         let e = Config::parse(&to, "t.toml").unwrap_err();
         assert!(e.message.contains("PROXY"), "{e}");
+    }
+
+    #[test]
+    fn durations_too_large_for_any_clock_are_refused_not_panicked_on() {
+        for text in ["99999999999999999999h", "18446744073709551616s", "1e30s"] {
+            assert_eq!(parse_duration(text), None, "{text}");
+        }
+        let e = Config::parse(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nidle_timeout = \"18446744073709551616s\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
     }
 
     #[test]

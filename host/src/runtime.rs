@@ -26,6 +26,8 @@ pub struct RouteRt {
 
 impl RouteRt {
     pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        // `name.` is the fully qualified spelling of `name`.
+        let host = host.map(|h| h.strip_suffix('.').unwrap_or(h));
         let host_ok = match (&self.host, host) {
             (None, _) => true,
             (Some(want), Some(have)) => match want.strip_prefix("*.") {

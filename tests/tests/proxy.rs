@@ -54,6 +54,7 @@ async fn a_client_forwarded_for_is_replaced_unless_hops_are_trusted() {
     let response = client()
         .get(adc.url("web", "/"))
         .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
         .send()
         .await
         .unwrap();
@@ -61,6 +62,17 @@ async fn a_client_forwarded_for_is_replaced_unless_hops_are_trusted() {
         response.headers()["x-echo-x-forwarded-for"],
         "127.0.0.1",
         "a spoofed address is not trusted"
+    );
+    let forwarded: Vec<_> = response
+        .headers()
+        .get_all("x-echo-forwarded")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+    assert!(
+        forwarded[0].starts_with("for=127.0.0.1;"),
+        "the client's Forwarded is dropped like its X-Forwarded-For: {forwarded:?}"
     );
 }
 
@@ -130,6 +142,8 @@ async fn a_host_with_port_routes_like_the_bare_host_case_insensitively() {
         "api.example.com",
         "API.Example.com:80",
         "api.example.com:8080",
+        "api.example.com.",
+        "api.example.com.:80",
     ] {
         let r = http
             .get(adc.url("web", "/"))
@@ -210,6 +224,10 @@ async fn an_invalid_or_missing_host_gets_400_and_an_absolute_target_wins_over_ho
     assert!(raw(addr, "GET / HTTP/1.1\r\nHost: user@evil:80\r\n\r\n")
         .await
         .contains(" 400 "));
+    for bad_port in ["a:99999", "a:xx", "a:-1", "[::1]:x"] {
+        let request = format!("GET / HTTP/1.1\r\nHost: {bad_port}\r\n\r\n").leak();
+        assert!(raw(addr, request).await.contains(" 400 "), "{bad_port}");
+    }
     assert!(raw(addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
         .await
         .contains(" 400 "));

@@ -62,11 +62,13 @@ pub fn check_host(parts: &mut http::request::Parts, conn: &ConnInfo) -> Result<(
     match host {
         Some(value) => {
             let text = value.to_str().map_err(|_| "invalid Host header")?;
+            // A port, when there is one, is a number that fits 16 bits.
+            let has_port = text.rsplit(']').next().is_some_and(|t| t.contains(':'));
             let valid = !text.is_empty()
                 && !text.contains('@')
                 && text
                     .parse::<http::uri::Authority>()
-                    .is_ok_and(|a| a.as_str() == text);
+                    .is_ok_and(|a| a.as_str() == text && (a.port().is_some() || !has_port));
             if valid {
                 Ok(())
             } else {
@@ -160,6 +162,10 @@ pub fn prepare_request(
         .and_then(|h| h.to_str().ok())
         .map(|h| format!(";host=\"{h}\""))
         .unwrap_or_default();
+    if trusted_hops == 0 {
+        // Like X-Forwarded-For: what an untrusted client claims is dropped.
+        parts.headers.remove(header::FORWARDED);
+    }
     if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}{host}")) {
         parts.headers.append(header::FORWARDED, v);
     }
