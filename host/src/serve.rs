@@ -78,6 +78,12 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
 /// [`start`], with `workers` threads serving connections instead of the
 /// configuration's `workers` (0 there means one per core).
 pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<Running> {
+    // Every path the configuration names is resolved against its folder:
+    // made absolute once, they match the paths the folder watch reports,
+    // and a reload finds the same file whatever the working directory.
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("config path {}", path.display()))?;
+    let path = absolute.as_path();
     let metrics_handle = crate::telemetry::prometheus();
     let config = Config::load(path)?;
     let workers = workers

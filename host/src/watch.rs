@@ -114,12 +114,19 @@ async fn settled(path: &Path) -> Option<Vec<u8>> {
 /// is not read: an edit there waits for a reload, and a bad one (refused by
 /// the reload) does not stop policy files from being swapped.
 async fn reload_file(shared: &Arc<Shared>, path: &Path) {
+    // The same file may be spelt two ways (`a/../b`, a symbolic link):
+    // compare where the names lead.
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return;
+    };
     let named: Vec<(String, PolicyOptions)> = shared
         .runtime
         .load()
         .policies
         .iter()
-        .filter(|(_, p)| p.path == path)
+        .filter(|(_, p)| {
+            p.path == path || std::fs::canonicalize(&p.path).is_ok_and(|c| c == target)
+        })
         .map(|(name, p)| (name.clone(), p.options.clone()))
         .collect();
     if named.is_empty() {

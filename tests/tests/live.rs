@@ -814,3 +814,43 @@ async fn a_request_whose_client_went_away_is_not_counted_in_flight_and_does_not_
     .await;
     gate.open();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_swaps_in_when_adc_was_started_with_a_relative_config_path() {
+    let b = backend("b").await;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("conf")).unwrap();
+    std::fs::create_dir(root.path().join("pol")).unwrap();
+    std::fs::write(root.path().join("pol/stamp.wasm"), stamp(1)).unwrap();
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[engine]\npolicy_dir = \"../pol\"\n\
+                  watch = true\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+                  [[listener.route]]\npool = \"web\"\npolicies = [\"stamp-relative\"]\n\n\
+                  [policies.stamp-relative]\nfile = \"stamp.wasm\"\n"
+        .to_owned()
+        + &pool_at("web", &[b.addr]);
+    std::fs::write(root.path().join("conf/adc.toml"), config).unwrap();
+
+    // The config path as `adc run some/dir/adc.toml` gives it: relative to
+    // the working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let absolute = root.path().join("conf/adc.toml");
+    let relative = PathBuf::from(up).join(absolute.strip_prefix("/").unwrap());
+    assert!(relative.is_relative() && relative.exists());
+    let running = adc::serve::start(&relative).await.unwrap();
+    let url = format!("http://{}/", running.listeners["web"]);
+    let http = http_with_timeout();
+    let stamp_now = || async {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        stamp_of(&r)
+    };
+    assert_eq!(stamp_now().await, "v1");
+
+    std::fs::write(root.path().join("pol/stamp.wasm"), stamp(2)).unwrap();
+    eventually("the new file answers", Duration::from_secs(10), || async {
+        stamp_now().await == "v2"
+    })
+    .await;
+    running.shutdown().await;
+}
