@@ -306,7 +306,22 @@ async fn run(args: Args) -> anyhow::Result<(Vec<Tally>, Duration)> {
         Protocol::H3 => {
             let tls = tls_config(&args.ca, b"h3")?;
             let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls.clone())?;
-            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            // One socket for every client: with the default receive buffer
+            // a burst of handshake replies to 64 clients overflows it.
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            let _ = socket.set_recv_buffer_size(4 << 20);
+            let _ = socket.set_send_buffer_size(4 << 20);
+            socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            let mut endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket.into(),
+                quinn::default_runtime().context("a tokio runtime")?,
+            )?;
             endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
             (tls, Some(endpoint))
         }

@@ -15,6 +15,14 @@ use crate::proxy::{self, BoxError, ConnInfo};
 use crate::runtime::Shared;
 use crate::server::{admit, connection_record, Admission};
 
+/// Receive and send buffer sizes asked for on the QUIC socket. With the
+/// system default (`net.core.rmem_default`, 208 KiB on Debian) a burst of
+/// 64 new connections overflowed the receive buffer while the worker was
+/// busy with handshakes: the lost Initial packets cost their clients a
+/// retransmission timeout of about one second each. The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
 pub fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::Endpoint> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -23,7 +31,28 @@ pub fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<
         .max_concurrent_bidi_streams(256u32.into())
         .max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
     config.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::server(config, addr)?)
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("HTTP/3 needs a tokio runtime"))?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        quic_socket(addr)?,
+        runtime,
+    )?)
+}
+
+/// A UDP socket bound to `addr` with the larger buffers (best effort: a
+/// refused size keeps the system's).
+fn quic_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 pub async fn serve(
@@ -176,4 +205,33 @@ async fn request(shared: Arc<Shared>, info: ConnInfo, resolver: Resolver) -> Res
     }
     send.finish().await.map_err(boxed)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quic_socket_asks_for_a_larger_receive_buffer_than_the_system_default() {
+        let socket = quic_socket(SocketAddr::from(([127, 0, 0, 1], 0))).expect("binds");
+        let got = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .expect("readable");
+        // Linux doubles the size asked for and caps it at rmem_max.
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+        };
+        if let (Some(default), Some(max)) = (
+            read("/proc/sys/net/core/rmem_default"),
+            read("/proc/sys/net/core/rmem_max"),
+        ) {
+            let want = (2 * SOCKET_BUFFER_BYTES).min(2 * max).max(default);
+            assert!(
+                got >= want,
+                "receive buffer {got} bytes, expected at least {want}"
+            );
+        }
+    }
 }
