@@ -742,10 +742,17 @@ impl Config {
                 }
             }
             if let Some(h) = &pool.health {
-                if h.interval.is_zero() || h.timeout.is_zero() {
+                // Probes more often than this flood the member and flap its
+                // state without telling anything more.
+                const SHORTEST: Duration = Duration::from_millis(10);
+                if h.interval < SHORTEST || h.timeout < Duration::from_millis(1) {
                     return Err((
                         None,
-                        format!("pool {name:?}: health interval and timeout must be above zero"),
+                        format!(
+                            "pool {name:?}: health interval must be at least 10ms and timeout \
+                             at least 1ms (interval {:?}, timeout {:?})",
+                            h.interval, h.timeout
+                        ),
                     ));
                 }
                 if h.rise == 0 || h.fall == 0 {

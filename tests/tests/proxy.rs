@@ -298,7 +298,9 @@ async fn a_reload_keeps_a_drained_member_drained_and_refuses_listener_changes() 
 fn adc_check_refuses_what_adc_run_could_not_serve() {
     let base = "[admin]\nlisten = \"127.0.0.1:9999\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:8081\"\n[[listener.route]]\npool = \"p\"\n[pools.p]\nmembers = [{ address = \"127.0.0.1:9001\" }]\n";
     let cases = [
-        (format!("{base}[pools.p.health]\nkind = \"tcp\"\ninterval = \"0s\"\n"), "above zero"),
+        (format!("{base}[pools.p.health]\nkind = \"tcp\"\ninterval = \"0s\"\n"), "at least 10ms"),
+        (format!("{base}[pools.p.health]\nkind = \"tcp\"\ninterval = \"0.0001ms\"\n"), "at least 10ms"),
+        (format!("{base}[pools.p.health]\nkind = \"tcp\"\ntimeout = \"0.0001ms\"\n"), "at least 10ms"),
         (format!("{base}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8081\"\n[[listener.route]]\npool = \"p\"\n"), "used by another listener"),
         (base.replace("listen = \"127.0.0.1:9999\"", "listen = \"127.0.0.1:9999\"\ntoken = \"\""), "token is empty"),
     ];
