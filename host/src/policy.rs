@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use engine::{Engine, EngineOptions, LoadError};
-pub use exchange::Exchange;
+pub use exchange::{BodyStream, Exchange};
 pub use instance::{Fault, LoadedPolicy};
 
 pub mod bindings {
@@ -34,10 +34,32 @@ pub mod bindings {
     });
 }
 
+pub mod streaming_bindings {
+    //! The `streaming` export, bound apart from the `policy` world: a
+    //! component built before it has no such export and must still load.
+    wasmtime::component::bindgen!({
+        path: "../wit/adc-policy@0.1.0",
+        world: "streaming-policy",
+        with: {
+            "adc:policy/types": super::bindings::adc::policy::types,
+            "adc:policy/http": super::bindings::adc::policy::http,
+            "adc:policy/log": super::bindings::adc::policy::log,
+            "adc:policy/kv": super::bindings::adc::policy::kv,
+            "adc:policy/metrics": super::bindings::adc::policy::metrics,
+            "adc:policy/clock": super::bindings::adc::policy::clock,
+            "adc:policy/random": super::bindings::adc::policy::random,
+            "adc:policy/crypto": super::bindings::adc::policy::crypto,
+            "adc:policy/pools": super::bindings::adc::policy::pools,
+            "adc:policy/handler": super::bindings::exports::adc::policy::handler,
+        },
+    });
+}
+
 pub use bindings::adc::policy::pools::MemberStatus;
 pub use bindings::adc::policy::types::{
     Backend, Connection, Decision, Header, Hooks, ListenerKind, Registration, Reply, Transaction,
 };
+pub use streaming_bindings::exports::adc::policy::streaming::ChunkOutput;
 
 /// The request handle a hook receives: it always stands for the exchange in
 /// the store during that call.
@@ -111,11 +133,12 @@ pub enum Hook {
     BackendFailed,
     ResponseHeaders,
     ResponseBody,
+    ResponseChunk,
     End,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Init,
         Hook::Connect,
         Hook::RequestHeaders,
@@ -124,6 +147,7 @@ impl Hook {
         Hook::BackendFailed,
         Hook::ResponseHeaders,
         Hook::ResponseBody,
+        Hook::ResponseChunk,
         Hook::End,
     ];
 
@@ -137,14 +161,17 @@ impl Hook {
             Hook::BackendFailed => "backend_failed",
             Hook::ResponseHeaders => "response_headers",
             Hook::ResponseBody => "response_body",
+            Hook::ResponseChunk => "response_chunk",
             Hook::End => "end",
         }
     }
 
-    /// The registration flag that enables this hook.
+    /// The registration flag that enables this hook. `init` has none (it
+    /// always runs), nor has `response_chunk`: it runs for the responses a
+    /// policy asked to stream (see [`LoadedPolicy::streams`]).
     pub fn flag(self) -> Hooks {
         match self {
-            Hook::Init => Hooks::empty(),
+            Hook::Init | Hook::ResponseChunk => Hooks::empty(),
             Hook::Connect => Hooks::CONNECT,
             Hook::RequestHeaders => Hooks::REQUEST_HEADERS,
             Hook::RequestBody => Hooks::REQUEST_BODY,

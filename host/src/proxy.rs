@@ -6,6 +6,7 @@
 
 mod hop;
 mod requests;
+mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::policy::{Backend, Decision, Exchange, Hook, PolicyRef, Reply, Transaction};
+use crate::policy::{Backend, BodyStream, Decision, Exchange, Hook, PolicyRef, Reply, Transaction};
 use crate::pool::{HashKey, Pool};
 use crate::runtime::{RouteRt, Shared};
 use crate::upstream;
@@ -193,6 +194,9 @@ struct Txn {
     member: Option<String>,
     ex: Box<Exchange>,
     started: Instant,
+    /// Where in the chain the policies are that asked to stream the
+    /// response body.
+    streams: Vec<usize>,
 }
 
 impl Txn {
@@ -208,6 +212,9 @@ impl Txn {
             if !policy.implements(hook) {
                 continue;
             }
+            if hook == Hook::ResponseHeaders {
+                self.ex.body_stream = stream::may_stream(&self.ex);
+            }
             let ex = std::mem::replace(&mut self.ex, placeholder());
             let (ex, result) = match (hook, backend) {
                 (Hook::RequestHeaders, _) => policy.on_request_headers(ex),
@@ -219,6 +226,9 @@ impl Txn {
                 _ => (ex, Ok(Decision::Continue)),
             };
             self.ex = ex;
+            if std::mem::take(&mut self.ex.body_stream) == BodyStream::Asked {
+                self.streams.push(i);
+            }
             let decision = match result {
                 Ok(d) => d,
                 Err(_) if policy.fail_open() => continue,
@@ -251,6 +261,27 @@ impl Txn {
 
     fn wants(&self, hook: Hook) -> bool {
         self.chain.iter().any(|p| p.implements(hook))
+    }
+
+    /// Run the end hooks of the chain.
+    fn end(&mut self, status: u16) {
+        if !self.wants(Hook::End) {
+            return;
+        }
+        let summary = Transaction {
+            status,
+            duration_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            upstream_ns: None,
+            backend: None,
+            error: None,
+        };
+        for policy in self.chain.clone() {
+            if policy.implements(Hook::End) {
+                let ex = std::mem::replace(&mut self.ex, placeholder());
+                let (ex, _) = policy.on_end(ex, &summary);
+                self.ex = ex;
+            }
+        }
     }
 }
 
@@ -416,6 +447,7 @@ async fn pipeline(
         member: None,
         ex,
         started,
+        streams: Vec::new(),
     };
 
     match txn.run(Hook::RequestHeaders, None, "")? {
@@ -495,6 +527,9 @@ async fn pipeline(
             }
         }
     }
+    if !txn.streams.is_empty() {
+        return Ok(stream::respond(txn, body));
+    }
 
     let parts = txn
         .ex
@@ -507,22 +542,7 @@ async fn pipeline(
 
 /// Run end hooks (when a policy has one) and hand the response over.
 fn finish(mut txn: Txn, response: Response<Body>) -> Response<Body> {
-    if txn.wants(Hook::End) {
-        let summary = Transaction {
-            status: response.status().as_u16(),
-            duration_ns: u64::try_from(txn.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            upstream_ns: None,
-            backend: None,
-            error: None,
-        };
-        for policy in txn.chain.clone() {
-            if policy.implements(Hook::End) {
-                let ex = std::mem::replace(&mut txn.ex, placeholder());
-                let (ex, _) = policy.on_end(ex, &summary);
-                txn.ex = ex;
-            }
-        }
-    }
+    txn.end(response.status().as_u16());
     response
 }
 

@@ -12,6 +12,7 @@ mod wasm {
 
     use super::bindings::adc::policy::{http, types as wit};
     use super::bindings::exports::adc::policy::handler::Guest;
+    use super::bindings::exports::adc::policy::streaming;
     use crate::{Backend, Config, Connection, Decision, ListenerKind, Policy, Request, Response};
     use crate::{Hooks, Transaction};
 
@@ -19,7 +20,7 @@ mod wasm {
     pub mod bindings {
         wit_bindgen::generate!({
             path: "../wit/adc-policy@0.1.0",
-            world: "policy",
+            world: "streaming-policy",
             pub_export_macro: true,
             export_macro_name: "export",
             default_bindings_module: "adc_sdk::__private::bindings",
@@ -202,6 +203,24 @@ mod wasm {
                 error: summary.error,
             };
             with(|p: &P| p.on_end(&Request::__from_sys(req), &summary));
+        }
+    }
+
+    impl<P: Policy> streaming::Guest for Export<P> {
+        fn on_response_chunk(
+            req: &http::Request,
+            resp: &http::Response,
+            chunk: Vec<u8>,
+            last: bool,
+        ) -> streaming::ChunkOutput {
+            let out = with(|p: &P| {
+                let (req, resp) = (Request::__from_sys(req), Response::__from_sys(resp));
+                p.on_response_chunk(&req, &resp, &chunk, last)
+            });
+            streaming::ChunkOutput {
+                data: out.data,
+                hold: u32::try_from(out.hold).unwrap_or(u32::MAX),
+            }
         }
     }
 }

@@ -288,4 +288,22 @@ impl<'a> Response<'a> {
     pub fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
         self.0.set_body(body).map_err(sys::edit_error)
     }
+
+    /// Pass this response's body through
+    /// [`Policy::on_response_chunk`](crate::Policy::on_response_chunk)
+    /// piece by piece as it arrives, whatever its length; nothing is
+    /// buffered whole. Call it in `on_response_headers`, deciding per
+    /// response from its headers (a compressed body's bytes are not its
+    /// text). The host drops `Content-Length`, known only at the end.
+    ///
+    /// Added to `adc:policy@0.1.0` after its first release: a policy that
+    /// calls it needs a host that has it.
+    ///
+    /// # Errors
+    ///
+    /// [`EditError::BodyUnavailable`] outside `on_response_headers`, and
+    /// for a response without a body (to `HEAD`; 1xx, 204, 304).
+    pub fn stream_body(&self) -> Result<(), EditError> {
+        self.0.stream_body().map_err(sys::edit_error)
+    }
 }

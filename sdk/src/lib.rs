@@ -7,7 +7,9 @@
 //! `on_backend_selected`, `on_backend_failed`, `on_response_headers`,
 //! `on_response_body`, `on_end`. Each hook that is not written keeps its
 //! default, which does nothing, and the [`policy`] attribute tells the host
-//! never to call it.
+//! never to call it. A response body can also be transformed as it streams,
+//! without being buffered: ask with [`Response::stream_body`] in
+//! `on_response_headers`, and [`Policy::on_response_chunk`] gets its pieces.
 //!
 //! ```
 //! use adc_sdk::{policy, Config, Decision, Error, Policy, Request, Response};
@@ -113,6 +115,48 @@ pub struct BodyLimits {
     /// Largest response body for `on_response_body`; a larger one passes
     /// through unchanged and the hook is skipped for it.
     pub response: u32,
+}
+
+/// What [`Policy::on_response_chunk`] sends on, and how much of its input
+/// it wants to see again.
+///
+/// The input of a call is what the previous call held back followed by the
+/// new bytes. `data` replaces all of it but its last `hold` bytes, which the
+/// host keeps and puts in front of the next piece: a match that a chunk
+/// boundary cuts is then seen whole, with no state kept in the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Sent to the client in place of the input but for its last `hold`
+    /// bytes.
+    pub data: Vec<u8>,
+    /// How many bytes at the end of the input to see again next call: at
+    /// most [`Chunk::MAX_HOLD`] and the input's length. Bytes held beyond
+    /// either, or on the last call, are sent unchanged after `data`.
+    pub hold: usize,
+}
+
+impl Chunk {
+    /// The most bytes a call may hold back: 64 KiB.
+    pub const MAX_HOLD: usize = 64 * 1024;
+    /// The most new bytes one call receives after the held ones: 64 KiB.
+    pub const MAX_PIECE: usize = 64 * 1024;
+
+    /// Send `data` in place of the whole input.
+    pub fn send(data: impl Into<Vec<u8>>) -> Chunk {
+        Chunk {
+            data: data.into(),
+            hold: 0,
+        }
+    }
+
+    /// Send `data` in place of the input but its last `hold` bytes, and see
+    /// those again, in front of the next piece.
+    pub fn hold(data: impl Into<Vec<u8>>, hold: usize) -> Chunk {
+        Chunk {
+            data: data.into(),
+            hold,
+        }
+    }
 }
 
 /// An error a policy reports from [`Policy::init`]: the host refuses the
@@ -262,6 +306,23 @@ pub trait Policy: Sized + 'static {
     fn on_response_body(&self, req: &Request, resp: &Response) -> Decision {
         let _ = (req, resp);
         Decision::Continue
+    }
+
+    /// A piece of the body of a response this policy asked to stream
+    /// ([`Response::stream_body`] in `on_response_headers`), on its way to
+    /// the client. `chunk` is what the previous call held back followed by
+    /// at most [`Chunk::MAX_PIECE`] new bytes; `last` is true on the final
+    /// call, once the body has ended, when `chunk` holds only what was held
+    /// back. Return what to send in its place.
+    ///
+    /// Keep nothing in `self` between calls: an instance serves many
+    /// responses in turn, and their pieces interleave. What a piece leaves
+    /// undecided (the start of a match that the boundary cut) goes back to
+    /// the host with [`Chunk::hold`]. The response's head is already sent:
+    /// header edits are refused. The default sends the chunk unchanged.
+    fn on_response_chunk(&self, req: &Request, resp: &Response, chunk: &[u8], last: bool) -> Chunk {
+        let _ = (req, resp, last);
+        Chunk::send(chunk)
     }
 
     /// The transaction ended: log it or count it.

@@ -28,14 +28,14 @@
 //! assert!(matches!(policy.on_request_headers(&req.as_request()), Decision::Respond(r) if r.status == 403));
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use crate::log::Level;
 use crate::pools::Member;
 use crate::sys::{State, STATE};
 use crate::text;
-use crate::{Config, EditError, Error, Policy, Request, Response};
+use crate::{Chunk, Config, EditError, Error, Policy, Request, Response};
 
 /// The mock host of the current test thread. Creating one resets it: an
 /// empty table, the clock at a fixed instant, no log lines, no metrics.
@@ -101,6 +101,57 @@ impl TestHost {
     /// Declare a pool and its members for [`crate::pools`].
     pub fn set_pool(&self, pool: &str, members: Vec<Member>) {
         STATE.with(|s| s.borrow_mut().pools.insert(pool.to_owned(), members));
+    }
+
+    /// Send a response body through `policy` as the host does once it
+    /// asked to stream it ([`Response::stream_body`] in
+    /// `on_response_headers`, which the test runs first): `pieces` arrive
+    /// one by one, cut to [`Chunk::MAX_PIECE`], each behind what the
+    /// previous call held, then a last call. Returns what the client
+    /// receives. A response that did not ask passes unchanged, without a
+    /// call; a hold over its bounds is sent on and logged at warn, as the
+    /// host counts it.
+    pub fn stream_body<P: Policy>(
+        &self,
+        policy: &P,
+        req: &MockRequest,
+        resp: &MockResponse,
+        pieces: &[&[u8]],
+    ) -> Vec<u8> {
+        if resp.stream.get() == Stream::No {
+            return pieces.concat();
+        }
+        resp.stream.set(Stream::Sent);
+        let mut sent = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut call = |new: &[u8], last: bool| {
+            let mut input = std::mem::take(&mut held);
+            input.extend_from_slice(new);
+            let out =
+                policy.on_response_chunk(&req.as_request(), &resp.as_response(), &input, last);
+            let hold = if last {
+                0
+            } else {
+                out.hold.min(input.len()).min(Chunk::MAX_HOLD)
+            };
+            if !last && hold < out.hold {
+                crate::sys::log_write(
+                    Level::Warn,
+                    &format!("hold of {} bytes over its bounds", out.hold),
+                );
+            }
+            let asked = out.hold.min(input.len());
+            sent.extend_from_slice(&out.data);
+            sent.extend_from_slice(&input[input.len() - asked..input.len() - hold]);
+            held = input[input.len() - hold..].to_vec();
+        };
+        for piece in pieces {
+            for part in piece.chunks(Chunk::MAX_PIECE) {
+                call(part, false);
+            }
+        }
+        call(&[], true);
+        sent
     }
 }
 
@@ -421,11 +472,21 @@ impl MockRequest {
     }
 }
 
+/// Whether a mock response's body streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    No,
+    Asked,
+    /// Streaming: the head is sent.
+    Sent,
+}
+
 /// A response for tests.
 #[derive(Debug)]
 pub struct MockResponse {
     status: RefCell<u16>,
     message: RefCell<Message>,
+    stream: Cell<Stream>,
 }
 
 impl MockResponse {
@@ -437,6 +498,7 @@ impl MockResponse {
                 headers: Vec::new(),
                 body: None,
             }),
+            stream: Cell::new(Stream::No),
         }
     }
 
@@ -465,12 +527,17 @@ impl MockResponse {
         self.message.borrow().headers.clone()
     }
 
+    /// Whether a hook asked to stream the body ([`Response::stream_body`]).
+    pub fn streams(&self) -> bool {
+        self.stream.get() != Stream::No
+    }
+
     pub(crate) fn status(&self) -> u16 {
         *self.status.borrow()
     }
 
     pub(crate) fn set_status(&self, status: u16) -> Result<(), EditError> {
-        if !(100..=999).contains(&status) {
+        if !(100..=999).contains(&status) || self.stream.get() == Stream::Sent {
             return Err(EditError::InvalidStatus);
         }
         *self.status.borrow_mut() = status;
@@ -490,15 +557,17 @@ impl MockResponse {
     }
 
     pub(crate) fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.head_unsent()?;
         self.message.borrow_mut().set(name, value)
     }
 
     pub(crate) fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.head_unsent()?;
         self.message.borrow_mut().append(name, value)
     }
 
     pub(crate) fn remove_header(&self, name: &str) -> bool {
-        self.message.borrow_mut().remove(name)
+        self.head_unsent().is_ok() && self.message.borrow_mut().remove(name)
     }
 
     pub(crate) fn body(&self) -> Option<Vec<u8>> {
@@ -507,5 +576,27 @@ impl MockResponse {
 
     pub(crate) fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
         self.message.borrow_mut().set_body(body)
+    }
+
+    /// The host refuses header edits once a streamed body's head is sent.
+    fn head_unsent(&self) -> Result<(), EditError> {
+        match self.stream.get() {
+            Stream::Sent => Err(EditError::ForbiddenHeader),
+            _ => Ok(()),
+        }
+    }
+
+    /// As the host, as far as a response alone tells: refused without a
+    /// body (1xx, 204, 304), once streaming, and with a buffered body (the
+    /// `on_response_body` of a test). The mock does not know the request's
+    /// method, so a test of `HEAD` must not expect a refusal.
+    pub(crate) fn stream_body(&self) -> Result<(), EditError> {
+        let status = self.status();
+        let bodiless = status < 200 || status == 204 || status == 304;
+        if bodiless || self.stream.get() == Stream::Sent || self.message.borrow().body.is_some() {
+            return Err(EditError::BodyUnavailable);
+        }
+        self.stream.set(Stream::Asked);
+        Ok(())
     }
 }

@@ -28,6 +28,22 @@ pub struct Exchange {
     pub response_body: Option<Bytes>,
     /// Transaction variables, shared by the chain (few: a Vec beats a map).
     pub vars: Vec<(String, String)>,
+    /// Whether a policy may ask, or has asked, to stream the response body.
+    pub body_stream: BodyStream,
+}
+
+/// Where the response body stands for `response.stream-body`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyStream {
+    /// Outside `on-response-headers`, or a response without a body.
+    #[default]
+    Closed,
+    /// In `on-response-headers` of a response with a body: a policy may ask.
+    Open,
+    /// The policy running now asked for it.
+    Asked,
+    /// The body is streaming: the head is sent and can no longer change.
+    Streaming,
 }
 
 impl Exchange {
@@ -46,6 +62,7 @@ impl Exchange {
             response: None,
             response_body: None,
             vars: Vec::new(),
+            body_stream: BodyStream::Closed,
         }
     }
 

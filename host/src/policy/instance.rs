@@ -15,7 +15,9 @@ use super::budget::Budget;
 use super::engine::LoadError;
 use super::exchange::Exchange;
 use super::state::{Limiter, Shared, StoreState};
-use super::{Backend, Connection, Decision, Hook, Hooks, PolicyOptions, Registration, Transaction};
+use super::streaming_bindings::exports::adc::policy::streaming::GuestIndices as StreamingIndices;
+use super::{Backend, ChunkOutput, Connection, Decision, Hook, Hooks};
+use super::{PolicyOptions, Registration, Transaction};
 
 /// Why a hook call failed. A fault is never seen by the policy.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +54,8 @@ pub struct LoadedPolicy {
     name: Arc<str>,
     version: String,
     pre: PolicyPre<StoreState>,
+    /// Where the `streaming` export is, when the component has one.
+    streaming: Option<StreamingIndices>,
     shared: Arc<Shared>,
     options: PolicyOptions,
     registration: Registration,
@@ -104,11 +108,13 @@ impl LoadedPolicy {
                 }
             })
             .collect();
+        let streaming = StreamingIndices::new(pre.instance_pre()).ok();
         let mut policy = LoadedPolicy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
             version,
             pre,
+            streaming,
             shared,
             options,
             registration: Registration {
@@ -159,6 +165,12 @@ impl LoadedPolicy {
         self.options.fail_open
     }
 
+    /// Whether the component exports the `streaming` hook, so that it may
+    /// ask for response bodies piece by piece.
+    pub fn streams(&self) -> bool {
+        self.streaming.is_some()
+    }
+
     fn new_store(&self) -> Store<StoreState> {
         let state = StoreState {
             shared: self.shared.clone(),
@@ -169,6 +181,7 @@ impl LoadedPolicy {
             },
             budget: Budget::new(self.options.cpu_budget),
             started: Instant::now(),
+            streaming: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -198,10 +211,18 @@ impl LoadedPolicy {
     fn instantiate(&self) -> Result<(Instance, Registration), LoadError> {
         let mut store = self.new_store();
         Self::arm(&mut store);
-        let bindings = match self.pre.instantiate(&mut store) {
-            Ok(b) => b,
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(i) => i,
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
         };
+        let bindings =
+            Policy::new(&mut store, &instance).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        if let Some(indices) = &self.streaming {
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            store.data_mut().streaming = Some(guest);
+        }
         Self::arm(&mut store);
         let registration = match bindings
             .adc_policy_handler()
@@ -339,6 +360,23 @@ impl LoadedPolicy {
     pub fn on_response_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
         self.call_exchange(Hook::ResponseBody, ex, |g, s| {
             g.call_on_response_body(s, request(), response())
+        })
+    }
+
+    /// A piece of a streamed response body; see the WIT `streaming`
+    /// interface. Only for a policy that [`streams`](Self::streams).
+    pub fn on_response_chunk(
+        &self,
+        ex: Box<Exchange>,
+        chunk: &[u8],
+        last: bool,
+    ) -> (Box<Exchange>, Result<ChunkOutput, Fault>) {
+        self.call_exchange(Hook::ResponseChunk, ex, |_, s| {
+            let guest =
+                s.data().streaming.clone().ok_or_else(|| {
+                    wasmtime::Error::msg("the component exports no streaming hook")
+                })?;
+            guest.call_on_response_chunk(s, request(), response(), chunk, last)
         })
     }
 

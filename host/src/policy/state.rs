@@ -14,8 +14,9 @@ use super::bindings::adc::policy::{
     clock, crypto, http as whttp, kv as wkv, log, metrics as wmetrics, pools, random, types,
 };
 use super::budget::Budget;
-use super::exchange::{self, Exchange};
+use super::exchange::{self, BodyStream, Exchange};
 use super::kv::{KvError, Table};
+use super::streaming_bindings::exports::adc::policy::streaming::Guest as StreamingGuest;
 use super::{PoolDirectory, RequestRef, ResponseRef};
 
 /// Shared by every instance of one policy version.
@@ -37,6 +38,8 @@ pub struct StoreState {
     /// The CPU budget of the call running now.
     pub budget: Budget,
     pub started: Instant,
+    /// The instance's `streaming` export, when its component has one.
+    pub streaming: Option<StreamingGuest>,
 }
 
 /// Memory cap of an instance; remembers when it refused to grow, so a trap
@@ -81,8 +84,11 @@ impl StoreState {
         self.exchange().and_then(|e| e.response.as_ref())
     }
 
+    /// The response to edit: none once its head is sent (a streaming body).
     fn response_mut(&mut self) -> Option<&mut http::response::Parts> {
-        self.exchange_mut().and_then(|e| e.response.as_mut())
+        self.exchange_mut()
+            .filter(|e| e.body_stream != BodyStream::Streaming)
+            .and_then(|e| e.response.as_mut())
     }
 }
 
@@ -530,7 +536,9 @@ impl whttp::HostResponse for StoreState {
         name: String,
         value: String,
     ) -> Result<(), types::EditError> {
-        let r = self.response_mut().ok_or(types::EditError::InvalidName)?;
+        let r = self
+            .response_mut()
+            .ok_or(types::EditError::ForbiddenHeader)?;
         exchange::set_header(&mut r.headers, &name, &value)
     }
 
@@ -540,7 +548,9 @@ impl whttp::HostResponse for StoreState {
         name: String,
         value: String,
     ) -> Result<(), types::EditError> {
-        let r = self.response_mut().ok_or(types::EditError::InvalidName)?;
+        let r = self
+            .response_mut()
+            .ok_or(types::EditError::ForbiddenHeader)?;
         exchange::append_header(&mut r.headers, &name, &value)
     }
 
@@ -564,6 +574,17 @@ impl whttp::HostResponse for StoreState {
                 Ok(())
             }
             None => Err(types::EditError::BodyUnavailable),
+        }
+    }
+
+    fn stream_body(&mut self, _: Resource<ResponseRef>) -> Result<(), types::EditError> {
+        let exports = self.streaming.is_some();
+        match self.exchange_mut() {
+            Some(e) if exports && matches!(e.body_stream, BodyStream::Open | BodyStream::Asked) => {
+                e.body_stream = BodyStream::Asked;
+                Ok(())
+            }
+            _ => Err(types::EditError::BodyUnavailable),
         }
     }
 
