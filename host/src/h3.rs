@@ -9,11 +9,14 @@ use bytes::{Buf, Bytes};
 use http::Request;
 use http_body_util::BodyExt;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::policy::ListenerKind;
 use crate::proxy::{self, BoxError, ConnInfo};
 use crate::runtime::Shared;
-use crate::server::{admit, connection_record, Admission};
+use crate::runtime::Tally;
+use crate::server::{admit, connection_record, unless_draining, Admission};
+use crate::workers::Drain;
 
 /// Receive and send buffer sizes asked for on the QUIC socket. With the
 /// system default (`net.core.rmem_default`, 208 KiB on Debian) a burst of
@@ -55,24 +58,44 @@ fn quic_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Serve HTTP/3 until `shutdown` turns true; then refuse new connections,
+/// let each open one finish its requests after a GOAWAY, and close.
 pub async fn serve(
     shared: Arc<Shared>,
     name: Arc<str>,
     endpoint: quinn::Endpoint,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let local = endpoint
         .local_addr()
         .expect("a bound endpoint has an address");
+    let mut drain = Drain::new(shutdown.clone());
+    let mut draining = false;
+    // Aborted with this task, should the drain time out.
+    let mut connections = JoinSet::new();
     loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i {
-                Some(i) => i,
-                None => return,
+        tokio::select! {
+            incoming = endpoint.accept(), if !draining => match incoming {
+                Some(incoming) => {
+                    connections.spawn(connection(
+                        shared.clone(),
+                        name.clone(),
+                        incoming,
+                        local,
+                        Drain::new(shutdown.clone()),
+                    ));
+                }
+                None => break,
             },
-            _ = shutdown.changed() => break,
-        };
-        tokio::spawn(connection(shared.clone(), name.clone(), incoming, local));
+            Some(_) = connections.join_next() => {}
+            () = drain.begun(), if !draining => {
+                draining = true;
+                endpoint.set_server_config(None);
+            }
+        }
+        if draining && connections.is_empty() {
+            break;
+        }
     }
     endpoint.close(0u32.into(), b"shutting down");
 }
@@ -82,13 +105,16 @@ async fn connection(
     name: Arc<str>,
     incoming: quinn::Incoming,
     local: SocketAddr,
+    mut drain: Drain,
 ) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    let _open = Tally::enter(&shared.connections);
+    let conn = match unless_draining(&mut drain, incoming).await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
             tracing::debug!(error = %e, "QUIC handshake failed");
             return;
         }
+        None => return,
     };
     let peer = conn.remote_address();
     let sni = conn
@@ -132,24 +158,44 @@ async fn connection(
             return;
         }
     };
+    let mut requests = JoinSet::new();
+    let mut closing = false;
     loop {
-        match h3.accept().await {
-            Ok(Some(resolver)) => {
-                let shared = shared.clone();
-                let info = info.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = request(shared, info, resolver).await {
-                        tracing::debug!(error = %e, "HTTP/3 request ended with an error");
-                    }
-                });
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP/3 connection ended");
-                break;
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let (shared, info) = (shared.clone(), info.clone());
+                    requests.spawn(async move {
+                        if let Err(e) = request(shared, info, resolver).await {
+                            tracing::debug!(error = %e, "HTTP/3 request ended with an error");
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP/3 connection ended");
+                    break;
+                }
+            },
+            Some(_) = requests.join_next() => {}
+            // GOAWAY: the requests accepted so far are answered, later
+            // ones refused; the connection closes when they are done. The
+            // frame names the first stream not served (RFC 9114 section
+            // 5.2), one past the last accepted: `shutdown(1)`.
+            () = drain.begun(), if !closing => {
+                closing = true;
+                if let Err(e) = h3.shutdown(1).await {
+                    tracing::debug!(error = %e, "HTTP/3 GOAWAY not sent");
+                    break;
+                }
             }
         }
+        if closing && requests.is_empty() {
+            break;
+        }
     }
+    while requests.join_next().await.is_some() {}
+    // Dropping the connection closes it with H3_NO_ERROR.
 }
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;

@@ -74,13 +74,15 @@ pub async fn serve_tcp(
         let worker_shared = shared.clone();
         let name = name.clone();
         let proxy_from = proxy_from.clone();
-        shared.workers.serve(stream, move |stream| async move {
-            if let Err(reason) =
-                tcp_connection(&worker_shared, &name, stream, peer, reached, &proxy_from).await
-            {
-                tracing::debug!(listener = %name, %peer, %reason, "TCP connection not relayed");
-            }
-        });
+        shared
+            .workers
+            .serve(stream, move |stream, _drain| async move {
+                if let Err(reason) =
+                    tcp_connection(&worker_shared, &name, stream, peer, reached, &proxy_from).await
+                {
+                    tracing::debug!(listener = %name, %peer, %reason, "TCP connection not relayed");
+                }
+            });
     }
 }
 

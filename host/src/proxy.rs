@@ -321,24 +321,6 @@ struct Served {
     member: String,
 }
 
-/// One request in `Shared::inflight`, the count a shutdown waits for; left
-/// on drop, so that a request whose client went away midway (its future
-/// dropped) is not counted forever.
-struct InFlight<'a>(&'a Shared);
-
-impl<'a> InFlight<'a> {
-    fn enter(shared: &'a Shared) -> Self {
-        shared.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight(shared)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serve one client request.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -346,7 +328,8 @@ pub async fn handle(
     req: Request<Body>,
 ) -> Result<Response<Body>, Rejected> {
     let started = Instant::now();
-    let inflight = InFlight::enter(&shared);
+    let http1 = req.version() <= Version::HTTP_11;
+    let inflight = crate::runtime::Tally::enter(&shared.inflight);
     let mut served = Served::default();
     let req = req.map(|b| counted(b, &conn.traffic.received));
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
@@ -361,6 +344,16 @@ pub async fn handle(
         response
             .headers_mut()
             .insert(header::ALT_SVC, alt_svc.clone());
+    }
+    // Once shutdown has begun, an HTTP/1 answer is its connection's last
+    // (see `serve::Running::shutdown`): the client learns it before the close.
+    if http1
+        && shared.draining.load(Ordering::Relaxed)
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let response = response.map(|b| counted(b, &conn.traffic.sent));
     requests::count(

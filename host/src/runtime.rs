@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -85,7 +85,11 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub policies: ArcSwap<HashMap<String, PolicyRef>>,
     pub engine: Arc<Engine>,
+    /// Requests between arrival and response headers.
     pub inflight: AtomicUsize,
+    /// HTTP client connections open (HTTP/1.1, HTTP/2 and HTTP/3): a
+    /// shutdown waits for them and for `inflight` to reach zero.
+    pub connections: AtomicUsize,
     /// Shutdown has begun: listeners stop accepting, `/readyz` answers 503.
     pub draining: AtomicBool,
     pub config_path: PathBuf,
@@ -97,6 +101,24 @@ pub struct Shared {
     pub workers: crate::workers::Workers,
     /// One reload at a time; holds the folder being watched, if any.
     pub watcher: tokio::sync::Mutex<Option<crate::watch::Watching>>,
+}
+
+/// One unit of a count a shutdown waits for (a request in flight, an open
+/// connection), given back on drop: a future dropped midway, such as a
+/// request whose client went away, is not counted forever.
+pub struct Tally<'a>(&'a AtomicUsize);
+
+impl<'a> Tally<'a> {
+    pub fn enter(count: &'a AtomicUsize) -> Tally<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Tally(count)
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The pools as policies see them, read from the current runtime.

@@ -37,17 +37,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop accepting, wait for in-flight requests (up to the drain
-    /// timeout), and return. From the start of the drain `/readyz` answers
-    /// 503, so that a load balancer in front stops sending.
+    /// Stop accepting and drain: each HTTP/1.1 connection finishes the
+    /// request it is serving (its response says `Connection: close`) and
+    /// closes, idle ones at once; HTTP/2 and HTTP/3 connections get GOAWAY
+    /// and close when their streams are done. Returns when no request or
+    /// connection is left, or at the drain timeout, whichever comes first.
+    /// From the start of the drain `/readyz` answers 503, so that a load
+    /// balancer in front stops sending.
     pub async fn shutdown(mut self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
+        self.shared.workers.drain();
         let drain = self.shared.runtime.load().limits.drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
-        while self.shared.inflight.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        let busy = |s: &Shared| {
+            s.inflight.load(Ordering::Relaxed) > 0 || s.connections.load(Ordering::Relaxed) > 0
+        };
+        while busy(&self.shared) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for t in std::mem::take(&mut self.tasks) {
@@ -116,6 +122,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         policies: ArcSwap::from_pointee(HashMap::new()),
         engine: engine.clone(),
         inflight: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         config_path: path.to_path_buf(),
         policy_errors: Default::default(),

@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::net::Cidr;
 use crate::policy::{Connection, Decision, ListenerKind, PolicyRef};
 use crate::proxy::{self, ConnInfo};
-use crate::runtime::Shared;
+use crate::runtime::{Shared, Tally};
+use crate::workers::Drain;
 
 /// How long a new connection may take to send its PROXY header, finish the
 /// TLS handshake, or send its first byte.
@@ -144,8 +145,9 @@ fn http_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serve one listener until `shutdown` turns true; then stop accepting and
-/// let open connections finish their requests.
+/// Serve one listener until `shutdown` turns true; then stop accepting.
+/// Open connections are drained by their workers (see
+/// [`crate::workers::Workers::drain`]).
 pub async fn serve_http(
     shared: Arc<Shared>,
     frontend: Frontend,
@@ -173,9 +175,22 @@ pub async fn serve_http(
         let local = stream.local_addr().unwrap_or(local);
         let (worker_shared, frontend, builder) =
             (shared.clone(), frontend.clone(), builder.clone());
-        shared.workers.serve(stream, move |stream| {
-            connection(worker_shared, frontend, builder, stream, peer, local)
+        shared.workers.serve(stream, move |stream, drain| {
+            connection(worker_shared, frontend, builder, stream, peer, local, drain)
         });
+    }
+}
+
+/// `phase` of a connection before its first request, unless the drain
+/// begins first (`None`): there is nothing to finish yet, so the
+/// connection just closes.
+pub async fn unless_draining<F: std::future::IntoFuture>(
+    drain: &mut Drain,
+    phase: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        out = phase => Some(out),
+        () = drain.begun() => None,
     }
 }
 
@@ -186,8 +201,15 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    mut drain: Drain,
 ) {
-    let Some(client) = client_address(&mut stream, peer, &frontend.proxy_from).await else {
+    let _open = Tally::enter(&shared.connections);
+    let Some(Some(client)) = unless_draining(
+        &mut drain,
+        client_address(&mut stream, peer, &frontend.proxy_from),
+    )
+    .await
+    else {
         return;
     };
     let listener = frontend.name.to_string();
@@ -205,16 +227,17 @@ async fn connection(
 
     match &frontend.tls {
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let tls = match unless_draining(&mut drain, handshake).await {
+                Some(Ok(Ok(tls))) => tls,
+                Some(Ok(Err(e))) => {
                     metrics::counter!("adc_tls_handshake_failures_total", "listener" => listener)
                         .increment(1);
                     tracing::debug!(%client, error = %e, "TLS handshake failed");
                     gauge.decrement(1.0);
                     return;
                 }
-                Err(_) => {
+                None | Some(Err(_)) => {
                     gauge.decrement(1.0);
                     return;
                 }
@@ -237,14 +260,15 @@ async fn connection(
                 conn.client_certificate.as_ref().map(|c| c.subject.clone()),
             );
             if !matches!(admit(&shared, &listener, &record), Admission::Reject) {
-                serve_stream(&shared, &builder, tls, conn).await;
+                serve_stream(&shared, &builder, tls, conn, drain).await;
             }
         }
         None => {
             // A connection that sends nothing is closed, not held forever.
+            let first_byte = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.readable());
             if !matches!(
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.readable()).await,
-                Ok(Ok(()))
+                unless_draining(&mut drain, first_byte).await,
+                Some(Ok(Ok(())))
             ) {
                 gauge.decrement(1.0);
                 return;
@@ -259,7 +283,7 @@ async fn connection(
                 None,
             );
             if !matches!(admit(&shared, &listener, &record), Admission::Reject) {
-                serve_stream(&shared, &builder, stream, conn).await;
+                serve_stream(&shared, &builder, stream, conn, drain).await;
             }
         }
     }
@@ -271,6 +295,7 @@ async fn serve_stream<S>(
     builder: &auto::Builder<TokioExecutor>,
     stream: S,
     conn: ConnInfo,
+    mut drain: Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -282,12 +307,19 @@ async fn serve_stream<S>(
             proxy::from_hyper(req),
         ))
     });
-    // On shutdown the accept loop stops; open connections finish their
-    // requests while the runtime drains in-flight work.
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    // On a drain, HTTP/1.1 stops keeping the connection alive (an idle one
+    // closes at once, a busy one after its response) and HTTP/2 sends
+    // GOAWAY and closes once its streams are done.
+    let outcome = tokio::select! {
+        outcome = served.as_mut() => outcome,
+        () = drain.begun() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = outcome {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }

@@ -206,6 +206,95 @@ pub fn pool(name: &str, method: &str, members: &[&Backend]) -> String {
     )
 }
 
+/// A backend that holds every request to `/slow` until the test releases
+/// one, and answers any other path at once with its name.
+pub struct Gate {
+    pub addr: SocketAddr,
+    arrived: Arc<tokio::sync::Semaphore>,
+    release: Arc<tokio::sync::Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start(name: &'static str) -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a gate backend");
+        let addr = listener.local_addr().expect("bound");
+        let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (arrived2, release2) = (arrived.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (arrived, release) = (arrived2.clone(), release2.clone());
+                conns.spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (arrived, release) = (arrived.clone(), release.clone());
+                        async move {
+                            if req.uri().path() == "/slow" {
+                                arrived.add_permits(1);
+                                release.acquire().await.expect("never closed").forget();
+                            }
+                            let mut response = http::Response::new(Full::new(Bytes::from(
+                                format!("{name} {}", req.uri().path()),
+                            )));
+                            response
+                                .headers_mut()
+                                .insert("x-backend", http::HeaderValue::from_static(name));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Gate {
+            addr,
+            arrived,
+            release,
+            task,
+        }
+    }
+
+    /// Wait until a request to `/slow` is held here.
+    pub async fn held(&self) {
+        let held = tokio::time::timeout(std::time::Duration::from_secs(5), self.arrived.acquire())
+            .await
+            .expect("the slow request reaches the backend within 5s");
+        held.expect("never closed").forget();
+    }
+
+    /// Let one held request answer.
+    pub fn open(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A pool section whose members are at these addresses, named m0, m1, ...
+pub fn pool_at(name: &str, addrs: &[SocketAddr]) -> String {
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{{ name = \"m{i}\", address = \"{a}\" }}"))
+        .collect();
+    format!(
+        "\n[pools.{name}]\nmethod = \"round_robin\"\nmembers = [{}]\n",
+        members.join(", ")
+    )
+}
+
 /// An answer read by [`send_raw_target`].
 #[derive(Debug)]
 pub struct RawResponse {

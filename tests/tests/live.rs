@@ -6,7 +6,6 @@
     reason = "a test fails loudly on the first unexpected error"
 )]
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,12 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adc_tests::{backend, client, listener, policy, pool, Adc, Backend};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::Semaphore;
+use adc_tests::{backend, client, listener, policy, pool, pool_at, Adc, Backend, Gate};
 
 /// The response header the stamp fixtures set: "v1" or "v2".
 const STAMP: &str = "x-policy-version";
@@ -44,93 +38,6 @@ where
         tokio::time::sleep(step).await;
     }
     panic!("{what}: not within {limit:?}");
-}
-
-/// A backend that holds every request to `/slow` until the test releases
-/// one, and answers any other path at once with its name.
-struct Gate {
-    addr: SocketAddr,
-    arrived: Arc<Semaphore>,
-    release: Arc<Semaphore>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Gate {
-    async fn start(name: &'static str) -> Gate {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let arrived = Arc::new(Semaphore::new(0));
-        let release = Arc::new(Semaphore::new(0));
-        let (arrived2, release2) = (arrived.clone(), release.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (arrived, release) = (arrived2.clone(), release2.clone());
-                conns.spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (arrived, release) = (arrived.clone(), release.clone());
-                        async move {
-                            if req.uri().path() == "/slow" {
-                                arrived.add_permits(1);
-                                release.acquire().await.unwrap().forget();
-                            }
-                            let mut response = http::Response::new(Full::new(Bytes::from(
-                                format!("{name} {}", req.uri().path()),
-                            )));
-                            response
-                                .headers_mut()
-                                .insert("x-backend", http::HeaderValue::from_static(name));
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Gate {
-            addr,
-            arrived,
-            release,
-            task,
-        }
-    }
-
-    /// Wait until a request to `/slow` is held here.
-    async fn held(&self) {
-        let held = tokio::time::timeout(Duration::from_secs(5), self.arrived.acquire())
-            .await
-            .expect("the slow request reaches the backend within 5s");
-        held.unwrap().forget();
-    }
-
-    /// Let one held request answer.
-    fn open(&self) {
-        self.release.add_permits(1);
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A pool section whose members are at these addresses, named m0, m1, ...
-fn pool_at(name: &str, addrs: &[SocketAddr]) -> String {
-    let members: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{{ name = \"m{i}\", address = \"{a}\" }}"))
-        .collect();
-    format!(
-        "\n[pools.{name}]\nmethod = \"round_robin\"\nmembers = [{}]\n",
-        members.join(", ")
-    )
 }
 
 /// A watched policy folder holding `stamp.wasm` (first the v1 build), and

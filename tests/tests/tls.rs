@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adc_tests::{backend, client, policy, pool, Adc};
+use adc_tests::{backend, client, policy, pool, pool_at, Adc, Gate};
 use bytes::Buf;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
@@ -178,6 +178,42 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
     );
 }
 
+/// An HTTP/3 connection to adc, trusting `ca`.
+struct H3Client {
+    endpoint: quinn::Endpoint,
+    sender: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    /// The task driving the connection; it ends with how the connection
+    /// was closed.
+    closed: tokio::task::JoinHandle<h3::error::ConnectionError>,
+}
+
+impl H3Client {
+    async fn connect(addr: std::net::SocketAddr, name: &str, ca: &Ca) -> H3Client {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let conn = endpoint.connect(addr, name).unwrap().await.unwrap();
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        let closed =
+            tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        H3Client {
+            endpoint,
+            sender,
+            closed,
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_http3_client_reaches_an_http1_backend_through_a_policy() {
     policy("rewrite");
@@ -222,22 +258,11 @@ async fn an_http3_client_reaches_an_http1_backend_through_a_policy() {
         "{headers}"
     );
 
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(ca.roots())
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
-    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let H3Client {
+        endpoint,
+        mut sender,
+        closed: drive,
+    } = H3Client::connect(addr, "a.test", &ca).await;
 
     let request = http::Request::get("https://a.test/over/h3")
         .body(())
@@ -254,6 +279,60 @@ async fn an_http3_client_reaches_an_http1_backend_through_a_policy() {
     assert_eq!(String::from_utf8_lossy(&body), "web GET /over/h3");
     drop(sender);
     drive.abort();
+    endpoint.close(0u32.into(), b"done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_request_in_flight_at_shutdown_is_answered_and_the_connection_then_closes_without_error(
+) {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let a = ca.leaf(dir.path(), "a", &["a.test"]);
+    let gate = Gate::start("gated").await;
+    let adc = Adc::start(
+        &("[limits]\ndrain_timeout = \"120s\"\n".to_owned()
+            + &tls_listener(&[a], "http3 = true")
+            + &pool_at("web", &[gate.addr])),
+    )
+    .await;
+    let addr = adc.running.listeners["tls"];
+    let shared = adc.running.shared.clone();
+
+    let H3Client {
+        endpoint,
+        mut sender,
+        closed,
+    } = H3Client::connect(addr, "a.test", &ca).await;
+    let request = http::Request::get("https://a.test/slow").body(()).unwrap();
+    let mut stream = sender.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    gate.held().await;
+
+    let Adc { running, dir: _dir } = adc;
+    let shutdown = tokio::spawn(running.shutdown());
+    adc_tests::eventually("the drain begins", Duration::from_secs(10), || async {
+        shared.draining.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    gate.open();
+    let response = stream.recv_response().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "gated /slow");
+
+    let closed = tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("adc closes the connection once its request is answered")
+        .unwrap();
+    assert!(closed.is_h3_no_error(), "{closed}");
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("adc stops once no connection is left, not at the drain timeout")
+        .unwrap();
     endpoint.close(0u32.into(), b"done");
 }
 
