@@ -285,7 +285,9 @@ pub struct Pool {
 pub struct Member {
     pub name: Option<String>,
     pub address: SocketAddr,
-    #[serde(default = "d_weight")]
+    /// The member's share of load-balanced requests, 0 to 256; 0 takes
+    /// only requests a policy sends to the member by name.
+    #[serde(default = "d_weight", deserialize_with = "weight")]
     pub weight: u32,
     #[serde(default = "d_true")]
     pub enabled: bool,
@@ -294,6 +296,21 @@ pub struct Member {
 fn d_weight() -> u32 {
     1
 }
+
+/// The largest weight (HAProxy's too): the hash ring holds 160 points per
+/// unit of weight, and weighted round robin a schedule as long as the sum.
+const MAX_WEIGHT: u32 = 256;
+
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let w = u32::deserialize(d)?;
+    if w > MAX_WEIGHT {
+        return Err(serde::de::Error::custom(format!(
+            "weight {w}: use 0 to {MAX_WEIGHT} (0: only requests a policy sends to this member by name)"
+        )));
+    }
+    Ok(w)
+}
+
 fn d_true() -> bool {
     true
 }
@@ -955,6 +972,19 @@ members = [{ address = "127.0.0.1:9001" }]
         let e = Config::parse(&bad, "t.toml").unwrap_err();
         assert_eq!(e.line, 9, "{e}");
         assert!(e.to_string().contains("membres"), "{e}");
+    }
+
+    #[test]
+    fn a_weight_over_256_is_refused_with_its_line_and_zero_is_taken() {
+        let zero = GOOD.replace("{ address", "{ weight = 0, address");
+        assert_eq!(
+            Config::parse(&zero, "t.toml").unwrap().pools["app"].members[0].weight,
+            0
+        );
+        let big = GOOD.replace("{ address", "{ weight = 257, address");
+        let e = Config::parse(&big, "t.toml").unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.message.contains("weight 257"), "{e}");
     }
 
     #[test]

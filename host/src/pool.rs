@@ -29,6 +29,9 @@ pub struct Member {
 }
 
 impl Member {
+    /// Up and taking requests: enabled, healthy and not ejected. A member
+    /// of weight 0 is available to a policy that names it (persistence),
+    /// though the load-balancing method never picks it.
     pub fn available(&self, now_ms: u64) -> bool {
         self.enabled.load(Ordering::Relaxed)
             && self.healthy.load(Ordering::Relaxed)
@@ -133,9 +136,11 @@ impl Pool {
             }
         }
 
+        // A member of weight 0 has no point on the ring: its keys belong to
+        // the others, as they would if it were gone.
         let mut ring = Vec::new();
         for (i, m) in members.iter().enumerate() {
-            for v in 0..RING_POINTS * m.weight.max(1) {
+            for v in 0..RING_POINTS * m.weight {
                 ring.push((hash64(format!("{}#{v}", m.name).as_bytes()), i));
             }
         }
@@ -208,9 +213,14 @@ impl Pool {
 
     /// Choose a member, skipping `exclude` (members already tried).
     /// `hash` is the request's hash key value, for consistent hashing.
+    /// Every method passes over members of weight 0: they take only the
+    /// requests a policy sends them by name.
     pub fn select(&self, hash: Option<&[u8]>, exclude: &[usize]) -> Option<usize> {
         let now = self.now_ms();
-        let ok = |i: usize| self.members[i].available(now) && !exclude.contains(&i);
+        let ok = |i: usize| {
+            let m = &self.members[i];
+            m.weight > 0 && m.available(now) && !exclude.contains(&i)
+        };
         let n = self.members.len();
         let chosen = match self.method {
             Method::RoundRobin => {
@@ -218,7 +228,8 @@ impl Pool {
                 (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
             }
             Method::Weighted => {
-                let len = self.schedule.len().max(1);
+                // Empty when every weight is 0.
+                let len = self.schedule.len();
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 (0..len)
                     .map(|k| self.schedule[(start + k) % len])
@@ -340,6 +351,44 @@ mod tests {
             [0, 0, 0],
             "weights are interleaved, not batched: {picks:?}"
         );
+    }
+
+    const METHODS: [&str; 5] = [
+        "round_robin",
+        "weighted",
+        "least_connections",
+        "consistent_hash",
+        "power_of_two",
+    ];
+
+    #[test]
+    fn no_method_picks_a_member_of_weight_zero() {
+        for method in METHODS {
+            let p = pool(method, &[1, 0, 2]);
+            for k in 0..300 {
+                let key = format!("client-{k}");
+                let picked = p.select(Some(key.as_bytes()), &[]);
+                assert!(matches!(picked, Some(0 | 2)), "{method} picked {picked:?}");
+                // Nor when the others are excluded (tried already).
+                assert_eq!(p.select(Some(key.as_bytes()), &[0, 2]), None, "{method}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pool_whose_weights_are_all_zero_picks_no_member() {
+        for method in METHODS {
+            let p = pool(method, &[0, 0]);
+            assert_eq!(p.select(Some(b"key"), &[]), None, "{method}");
+            assert_eq!(p.select(None, &[]), None, "{method}");
+        }
+    }
+
+    #[test]
+    fn a_weight_of_zero_keeps_the_member_available_to_a_policy_naming_it() {
+        let p = pool("round_robin", &[1, 0]);
+        assert!(p.members[1].available(p.now_ms()));
+        assert!(p.any_available());
     }
 
     #[test]

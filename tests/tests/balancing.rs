@@ -241,6 +241,63 @@ async fn weighted_round_robin_gives_each_member_its_weighted_share() {
     assert!((285..=315).contains(&a), "weights 3:1 gave {a}:{b}");
 }
 
+/// Pool `web` by `method` of member `a` (weight 1) and member `b` (weight
+/// 0), with the router sending requests with `x-pin: b` to `b` by name.
+fn weight_zero_config(method: &str, a: SocketAddr, b: SocketAddr) -> String {
+    listener("web", &["router"])
+        + &format!(
+            "\n[pools.web]\nmethod = \"{method}\"\nhash_on = \"header:x-key\"\n\
+             members = [{{ name = \"a\", address = \"{a}\" }}, \
+             {{ name = \"b\", address = \"{b}\", weight = 0 }}]\n\n\
+             [policies.router]\nfile = \"router.wasm\"\n[policies.router.settings]\n\
+             [[policies.router.settings.rules]]\nname = \"pinned\"\npool = \"web\"\n\
+             member = \"b\"\nheaders = [{{ name = \"x-pin\", equals = \"b\" }}]\n"
+        )
+}
+
+#[tokio::test]
+async fn a_member_of_weight_zero_gets_no_load_balanced_request_but_one_a_policy_sends_it_by_name() {
+    adc_tests::policy("router");
+    for method in [
+        "round_robin",
+        "weighted",
+        "least_connections",
+        "consistent_hash",
+        "power_of_two",
+    ] {
+        let (a, b) = (backend("a").await, backend("b").await);
+        let adc = Adc::start(&weight_zero_config(method, a.addr, b.addr)).await;
+        let http = client();
+        for k in 0..40 {
+            let r = http
+                .get(adc.url("web", "/"))
+                .header("x-key", format!("client-{k}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answered_by(&r), "a", "{method}");
+        }
+        let pinned = http
+            .get(adc.url("web", "/"))
+            .header("x-pin", "b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered_by(&pinned), "b", "{method}: the policy's choice");
+        assert_eq!((a.hits(), b.hits()), (40, 1), "{method}");
+
+        // With the only member of weight 1 drained, nothing is left to
+        // balance to: the member of weight 0 does not stand in.
+        http.post(adc.admin("/pools/web/members/a/drain"))
+            .send()
+            .await
+            .unwrap();
+        let r = http.get(adc.url("web", "/")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{method}");
+        assert_eq!(b.hits(), 1, "{method}");
+    }
+}
+
 #[tokio::test]
 async fn least_connections_sends_new_requests_away_from_a_member_holding_requests() {
     let (release, _) = tokio::sync::watch::channel(false);
