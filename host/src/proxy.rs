@@ -5,7 +5,7 @@
 //! when they come) hands its requests to [`handle`].
 
 mod hop;
-mod requests;
+pub(crate) mod requests;
 mod stream;
 
 use std::net::{IpAddr, SocketAddr};

@@ -300,6 +300,7 @@ async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = shared.clone();
+    let listener = conn.listener.clone();
     let service = service_fn(move |req| -> proxy::HandleFuture {
         Box::pin(proxy::handle(
             shared.clone(),
@@ -320,8 +321,22 @@ async fn serve_stream<S>(
         }
     };
     if let Err(e) = outcome {
+        if let Some(status) = e.downcast_ref::<hyper::Error>().and_then(refusal_status) {
+            proxy::requests::count(&listener, "", "", "", status);
+        }
         tracing::debug!(error = %e, "client connection ended with an error");
     }
+}
+
+/// The status hyper answered a request it refused with, before the pipeline
+/// saw it: a request head it could not parse (400), or one over the limit
+/// (431, or 414 for the target alone; both are 4xx, the class counted).
+/// `None` for the errors hyper answers nothing to.
+fn refusal_status(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        return None;
+    }
+    Some(if e.is_parse_too_large() { 431 } else { 400 })
 }
 
 /// Bind a listening socket with address reuse.

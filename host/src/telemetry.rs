@@ -64,7 +64,7 @@ fn describe() {
     );
     describe_counter!(
         "adc_requests_total",
-        "Client requests answered, by listener, route, pool, member and status class"
+        "Client requests answered, by listener, route, pool, member and status class; those the HTTP/1 parser refused (400, 414, 431) with route, pool and member empty"
     );
     describe_histogram!(
         "adc_request_duration_seconds",

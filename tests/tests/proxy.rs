@@ -131,6 +131,34 @@ async fn a_header_block_over_the_limit_gets_431_without_reaching_a_backend() {
 }
 
 #[tokio::test]
+async fn requests_the_http_parser_refuses_are_counted_as_4xx() {
+    let b = backend("b").await;
+    // A listener name of its own: metrics are process-wide.
+    let config = listener("web", &[]).replace("name = \"web\"", "name = \"refusals\"")
+        + &pool("web", "round_robin", &[&b])
+        + "\n[limits]\nmax_header_bytes = 16384\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["refusals"];
+    let refused = || {
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "refusals"), ("class", "4xx")],
+        )
+    };
+    let before = refused().await;
+
+    let too_large = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(addr, too_large).await.starts_with("HTTP/1.1 431"));
+    let malformed = "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_owned();
+    assert!(raw(addr, malformed).await.starts_with("HTTP/1.1 400"));
+    assert_eq!(b.hits(), 0);
+    assert_eq!(refused().await - before, 2.0);
+}
+
+#[tokio::test]
 async fn a_host_with_port_routes_like_the_bare_host_case_insensitively() {
     let (a, b) = (backend("a").await, backend("b").await);
     let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\nhost = \"api.example.com\"\npool = \"api\"\n[[listener.route]]\npool = \"web\"\n".to_owned()
@@ -195,12 +223,12 @@ fn adc_check_names_the_line_of_a_bad_key() {
 }
 
 /// Send raw bytes and return the status line of the answer.
-async fn raw(addr: std::net::SocketAddr, request: &'static str) -> String {
+async fn raw(addr: std::net::SocketAddr, request: impl AsRef<[u8]> + Send + 'static) -> String {
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        s.write_all(request.as_bytes()).unwrap();
+        s.write_all(request.as_ref()).unwrap();
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n])
