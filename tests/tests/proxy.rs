@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 
-use adc_tests::{backend, client, listener, pool, Adc};
+use adc_tests::{backend, backend_with, client, listener, pool, Adc};
 
 #[tokio::test]
 async fn round_robin_spreads_requests_evenly_over_members() {
@@ -45,6 +45,43 @@ async fn hop_by_hop_headers_and_the_ones_connection_names_are_not_forwarded() {
     assert_eq!(h["x-echo-x-kept"], "yes");
     assert_eq!(h["x-echo-x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-echo-x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn proxy_credentials_are_not_forwarded_and_a_proxy_challenge_does_not_reach_the_client() {
+    let b = backend_with(std::sync::Arc::new(|req| {
+        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        *response.status_mut() = http::StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+        let headers = response.headers_mut();
+        headers.insert(
+            "proxy-authenticate",
+            "Basic realm=\"inner\"".parse().unwrap(),
+        );
+        for name in ["proxy-authorization", "authorization"] {
+            if let Some(v) = req.headers().get(name) {
+                headers.insert(
+                    format!("x-echo-{name}")
+                        .parse::<http::HeaderName>()
+                        .unwrap(),
+                    v.clone(),
+                );
+            }
+        }
+        response
+    }))
+    .await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let response = client()
+        .get(adc.url("web", "/"))
+        .header("proxy-authorization", "Basic c2VjcmV0OnNlY3JldA==")
+        .header("authorization", "Bearer for-the-backend")
+        .send()
+        .await
+        .unwrap();
+    let h = response.headers();
+    assert!(h.get("x-echo-proxy-authorization").is_none(), "{h:?}");
+    assert_eq!(h["x-echo-authorization"], "Bearer for-the-backend");
+    assert!(h.get("proxy-authenticate").is_none(), "{h:?}");
 }
 
 #[tokio::test]

@@ -12,8 +12,11 @@ use hyper_util::rt::TokioIo;
 use super::ConnInfo;
 use crate::policy::Exchange;
 
-/// Headers that belong to one connection (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that belong to one connection (RFC 9110 section 7.6.1), and
+/// the proxy authentication pair (section 11.7): credentials meant for the
+/// proxy a client talks to (adc) and a challenge for the client from the
+/// next proxy, neither of which a backend or a client of adc should get.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,6 +24,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// A WebSocket-style upgrade: HTTP/1.1 GET with `Connection: upgrade` and an
