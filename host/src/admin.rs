@@ -86,10 +86,7 @@ async fn route(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path == "/healthz" {
-        return answer(StatusCode::OK, "text/plain", "ok\n");
-    }
-    if let Some(token) = token {
+    if let Some(token) = token.filter(|_| path != "/healthz") {
         if !bearer_matches(req.headers().get(http::header::AUTHORIZATION), token) {
             let mut refused = answer(
                 StatusCode::UNAUTHORIZED,
@@ -104,25 +101,40 @@ async fn route(
         }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["metrics"]) => answer(
+    let Some(allowed) = methods_of(&segments) else {
+        return answer(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    };
+    if !allowed.takes(req.method()) {
+        let mut refused = answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            format!("{} is not allowed here\n", req.method()),
+        );
+        refused
+            .headers_mut()
+            .insert(http::header::ALLOW, allowed.header());
+        return refused;
+    }
+    match segments.as_slice() {
+        ["healthz"] => answer(StatusCode::OK, "text/plain", "ok\n"),
+        ["metrics"] => answer(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        (&Method::GET, ["readyz"]) if shared.draining.load(Ordering::Relaxed) => {
+        ["readyz"] if shared.draining.load(Ordering::Relaxed) => {
             answer(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
-        (&Method::GET, ["readyz"]) => answer(StatusCode::OK, "text/plain", "ready\n"),
-        (&Method::GET, ["status"]) => json(StatusCode::OK, status(shared)),
-        (&Method::POST, ["reload"]) => match crate::serve::reload(shared).await {
+        ["readyz"] => answer(StatusCode::OK, "text/plain", "ready\n"),
+        ["status"] => json(StatusCode::OK, status(shared)),
+        ["reload"] => match crate::serve::reload(shared).await {
             Ok(()) => json(StatusCode::OK, json!({"reloaded": true})),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"reloaded": false, "error": format!("{e:#}")}),
             ),
         },
-        (&Method::POST, ["pools", pool, "members", member, action @ ("drain" | "enable")]) => {
+        ["pools", pool, "members", member, action] => {
             let rt = shared.runtime.load();
             let Some(m) = rt.pools.get(*pool).and_then(|p| p.member(member)) else {
                 return json(
@@ -138,6 +150,41 @@ async fn route(
             )
         }
         _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// What an admin path is asked with: reads by GET (and HEAD, which hyper
+/// answers without the body), changes by POST.
+#[derive(Clone, Copy)]
+enum Allowed {
+    Get,
+    Post,
+}
+
+impl Allowed {
+    fn takes(self, method: &Method) -> bool {
+        match self {
+            Allowed::Get => method == Method::GET || method == Method::HEAD,
+            Allowed::Post => method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405 answer.
+    fn header(self) -> http::HeaderValue {
+        http::HeaderValue::from_static(match self {
+            Allowed::Get => "GET, HEAD",
+            Allowed::Post => "POST",
+        })
+    }
+}
+
+/// What a path of the admin interface is asked with; `None` for a path
+/// that is not one.
+fn methods_of(segments: &[&str]) -> Option<Allowed> {
+    match segments {
+        ["healthz" | "readyz" | "metrics" | "status"] => Some(Allowed::Get),
+        ["reload"] | ["pools", _, "members", _, "drain" | "enable"] => Some(Allowed::Post),
+        _ => None,
     }
 }
 

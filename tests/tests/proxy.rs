@@ -244,6 +244,36 @@ async fn a_drained_member_takes_no_new_requests() {
     assert_eq!((a.hits(), b.hits()), (0, 6));
 }
 
+#[tokio::test]
+async fn an_admin_path_asked_with_the_wrong_method_gets_405_with_allow() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let http = client();
+    let cases = [
+        (http::Method::GET, "/reload", "POST"),
+        (http::Method::GET, "/pools/web/members/m0/drain", "POST"),
+        (http::Method::POST, "/status", "GET, HEAD"),
+        (http::Method::DELETE, "/metrics", "GET, HEAD"),
+        (http::Method::POST, "/healthz", "GET, HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let r = http
+            .request(method.clone(), adc.admin(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+    }
+    let head = http.head(adc.admin("/status")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    for path in ["/nothing", "/pools/web/members/m0/remove"] {
+        let r = http.post(adc.admin(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    assert_eq!(b.hits(), 0);
+}
+
 #[test]
 fn adc_check_names_the_line_of_a_bad_key() {
     let dir = tempfile::tempdir().unwrap();
