@@ -2,6 +2,8 @@
 //! are errors) and validated in full before anything uses it. Every error
 //! names the file, the line and the key.
 
+mod validate;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ pub struct Config {
     /// Worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// The text parsed, for the line of a refusal found later (a policy
+    /// file that does not load).
+    #[serde(skip)]
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +442,11 @@ pub struct Demo {
     pub backends: Vec<SocketAddr>,
 }
 
+/// The line of byte `offset` of `text`, counted from 1.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
 /// A configuration error with where it stands.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -553,351 +564,24 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+        let line_of = |offset: usize| line_at(text, offset);
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             line: e.span().map_or(0, |s| line_of(s.start)),
             message: e.message().to_owned(),
         })?;
-        config.validate().map_err(|(offset, message)| ConfigError {
+        config.validate().map_err(|(at, message)| ConfigError {
             file: file.to_owned(),
-            line: offset.map_or(0, line_of),
+            line: at.offset(text).map_or(0, line_of),
             message,
         })?;
+        config.text = text.to_owned();
         Ok(config)
     }
 
-    /// Checks across sections; an error carries the byte offset of what it
-    /// is about, when known.
-    fn validate(&self) -> Result<(), (Option<usize>, String)> {
-        let mut names = std::collections::HashSet::new();
-        for l in &self.listeners {
-            if !names.insert(&l.name) {
-                return Err((None, format!("listener {:?} is defined twice", l.name)));
-            }
-            if l.listen.port() != 0 && l.listen == *self.admin.listen.get_ref() {
-                return Err((
-                    Some(self.admin.listen.span().start),
-                    format!(
-                        "admin address {} is also listener {:?}: keep management apart",
-                        l.listen, l.name
-                    ),
-                ));
-            }
-            match l.protocol {
-                Protocol::Http | Protocol::Https => {
-                    if l.routes.is_empty() {
-                        return Err((None, format!("listener {:?} has no route", l.name)));
-                    }
-                    if let Some(p) = &l.pool {
-                        return Err((
-                            Some(p.span().start),
-                            format!(
-                                "listener {:?}: an HTTP listener takes its pools from routes",
-                                l.name
-                            ),
-                        ));
-                    }
-                }
-                Protocol::Tcp | Protocol::Udp => {
-                    let Some(pool) = &l.pool else {
-                        return Err((
-                            None,
-                            format!("listener {:?}: an L4 listener needs a pool", l.name),
-                        ));
-                    };
-                    if !self.pools.contains_key(pool.get_ref()) {
-                        return Err((
-                            Some(pool.span().start),
-                            format!(
-                                "listener names pool {:?}, which is not defined",
-                                pool.get_ref()
-                            ),
-                        ));
-                    }
-                    if !l.routes.is_empty() {
-                        return Err((
-                            None,
-                            format!("listener {:?}: an L4 listener has no routes", l.name),
-                        ));
-                    }
-                    self.health_speaks(pool, l.protocol == Protocol::Udp)?;
-                    if l.protocol == Protocol::Udp {
-                        self.no_proxy_protocol_over_udp(l, pool)?;
-                    }
-                }
-            }
-            match (l.protocol, &l.tls) {
-                (Protocol::Https, None) => {
-                    return Err((
-                        None,
-                        format!(
-                            "listener {:?}: https needs a [listener.tls] section",
-                            l.name
-                        ),
-                    ))
-                }
-                (Protocol::Https, Some(t)) => {
-                    if t.certificates.is_empty() {
-                        return Err((
-                            None,
-                            format!("listener {:?}: tls needs at least one certificate", l.name),
-                        ));
-                    }
-                    if !["1.2", "1.3"].contains(&t.min_version.get_ref().as_str()) {
-                        return Err((
-                            Some(t.min_version.span().start),
-                            format!(
-                                "min_version {:?}: use \"1.2\" or \"1.3\"",
-                                t.min_version.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                (_, Some(_)) => {
-                    return Err((
-                        None,
-                        format!("listener {:?}: tls needs protocol = \"https\"", l.name),
-                    ))
-                }
-                (_, None) => {}
-            }
-            if l.http3 && l.protocol != Protocol::Https {
-                return Err((
-                    None,
-                    format!("listener {:?}: http3 needs protocol = \"https\"", l.name),
-                ));
-            }
-            for p in &l.policies {
-                if !self.policies.contains_key(p.get_ref()) {
-                    return Err((
-                        Some(p.span().start),
-                        format!(
-                            "listener names policy {:?}, which is not defined",
-                            p.get_ref()
-                        ),
-                    ));
-                }
-            }
-            for cidr in &l.proxy_protocol_from {
-                if crate::net::Cidr::parse(cidr.get_ref()).is_none() {
-                    return Err((
-                        Some(cidr.span().start),
-                        format!(
-                            "proxy_protocol_from {:?}: not an address or CIDR block",
-                            cidr.get_ref()
-                        ),
-                    ));
-                }
-            }
-            for r in &l.routes {
-                if !self.pools.contains_key(r.pool.get_ref()) {
-                    return Err((
-                        Some(r.pool.span().start),
-                        format!(
-                            "route names pool {:?}, which is not defined",
-                            r.pool.get_ref()
-                        ),
-                    ));
-                }
-                self.health_speaks(&r.pool, false)?;
-                if self
-                    .pools
-                    .get(r.pool.get_ref())
-                    .is_some_and(|p| p.proxy_protocol.is_some())
-                {
-                    return Err((Some(r.pool.span().start), format!(
-                        "pool {:?} sends PROXY headers, which only TCP listeners write; HTTP routes carry the client in X-Forwarded-For",
-                        r.pool.get_ref()
-                    )));
-                }
-                for p in &r.policies {
-                    if !self.policies.contains_key(p.get_ref()) {
-                        return Err((
-                            Some(p.span().start),
-                            format!("route names policy {:?}, which is not defined", p.get_ref()),
-                        ));
-                    }
-                }
-                if !r.path_prefix.starts_with('/') {
-                    return Err((
-                        None,
-                        format!("path_prefix {:?} must start with '/'", r.path_prefix),
-                    ));
-                }
-            }
-        }
-        for (name, pool) in &self.pools {
-            if pool.members.is_empty() {
-                return Err((None, format!("pool {name:?} has no members")));
-            }
-            let mut seen = std::collections::HashSet::new();
-            for (i, m) in pool.members.iter().enumerate() {
-                if !seen.insert(m.name.clone().unwrap_or_else(|| m.address.to_string())) {
-                    return Err((
-                        None,
-                        format!("pool {name:?}: member {i} repeats a name or address"),
-                    ));
-                }
-            }
-            if let Some(h) = &pool.hash_on {
-                let ok = h.get_ref() == "client_ip"
-                    || h.get_ref()
-                        .strip_prefix("header:")
-                        .is_some_and(|n| !n.is_empty())
-                    || h.get_ref()
-                        .strip_prefix("cookie:")
-                        .is_some_and(|n| !n.is_empty());
-                if !ok {
-                    return Err((
-                        Some(h.span().start),
-                        format!(
-                            "hash_on {:?}: use client_ip, header:<name> or cookie:<name>",
-                            h.get_ref()
-                        ),
-                    ));
-                }
-            }
-            if let Some(h) = &pool.health {
-                // Probes more often than this flood the member and flap its
-                // state without telling anything more.
-                const SHORTEST: Duration = Duration::from_millis(10);
-                if h.interval < SHORTEST || h.timeout < Duration::from_millis(1) {
-                    return Err((
-                        None,
-                        format!(
-                            "pool {name:?}: health interval must be at least 10ms and timeout \
-                             at least 1ms (interval {:?}, timeout {:?})",
-                            h.interval, h.timeout
-                        ),
-                    ));
-                }
-                if h.rise == 0 || h.fall == 0 {
-                    return Err((
-                        None,
-                        format!("pool {name:?}: health rise and fall must be at least 1"),
-                    ));
-                }
-                match (h.kind, &h.send, &h.expect) {
-                    (HealthKind::Udp, None, _) => {
-                        return Err((
-                            None,
-                            format!("pool {name:?}: health kind \"udp\" needs send"),
-                        ))
-                    }
-                    (HealthKind::Tcp | HealthKind::Http, Some(_), _)
-                    | (HealthKind::Tcp | HealthKind::Http, _, Some(_)) => {
-                        return Err((
-                            None,
-                            format!("pool {name:?}: health send and expect need kind = \"udp\""),
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let mut bound = std::collections::HashSet::new();
-        for l in &self.listeners {
-            let udp = l.protocol == Protocol::Udp;
-            if l.listen.port() != 0 && !bound.insert((l.listen, udp)) {
-                return Err((
-                    None,
-                    format!(
-                        "listener {:?}: address {} is used by another listener",
-                        l.name, l.listen
-                    ),
-                ));
-            }
-        }
-        if self.limits.max_header_bytes < 1024 {
-            return Err((
-                None,
-                format!(
-                    "limits.max_header_bytes = {}: use at least 1024",
-                    self.limits.max_header_bytes
-                ),
-            ));
-        }
-        if self.limits.max_udp_flows == 0 {
-            return Err((
-                None,
-                "limits.max_udp_flows = 0: use at least 1 (a UDP listener without flows relays nothing)"
-                    .to_owned(),
-            ));
-        }
-        if self
-            .admin
-            .token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return Err((
-                Some(self.admin.listen.span().start),
-                "admin.token is empty: set a token or remove the key".to_owned(),
-            ));
-        }
-        let loopback = self.admin.listen.get_ref().ip().is_loopback();
-        if !loopback && self.admin.token.is_none() && !self.admin.allow_public_without_token {
-            return Err((Some(self.admin.listen.span().start), format!(
-                "admin address {} is not loopback and has no token: set admin.token, or allow_public_without_token = true",
-                self.admin.listen.get_ref()
-            )));
-        }
-        Ok(())
-    }
-
-    /// A pool's health checks must speak what its users send: UDP probes
-    /// for a UDP listener's pool, TCP or HTTP probes for the others.
-    fn health_speaks(
-        &self,
-        pool: &Spanned<String>,
-        udp: bool,
-    ) -> Result<(), (Option<usize>, String)> {
-        let kind = self
-            .pools
-            .get(pool.get_ref())
-            .and_then(|p| p.health.as_ref())
-            .map(|h| h.kind);
-        match kind {
-            Some(k) if (k == HealthKind::Udp) != udp => Err((
-                Some(pool.span().start),
-                format!(
-                    "pool {:?} is used over {}: its health kind must {}be \"udp\"",
-                    pool.get_ref(),
-                    if udp { "UDP" } else { "TCP" },
-                    if udp { "" } else { "not " }
-                ),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// PROXY headers are read and written on TCP only: a UDP listener that
-    /// names them would silently go without.
-    fn no_proxy_protocol_over_udp(
-        &self,
-        l: &Listener,
-        pool: &Spanned<String>,
-    ) -> Result<(), (Option<usize>, String)> {
-        if let Some(first) = l.proxy_protocol_from.first() {
-            return Err((
-                Some(first.span().start),
-                format!(
-                    "listener {:?}: proxy_protocol_from needs a TCP listener, not udp",
-                    l.name
-                ),
-            ));
-        }
-        if self.pools[pool.get_ref()].proxy_protocol.is_some() {
-            return Err((
-                Some(pool.span().start),
-                format!(
-                    "pool {:?} sends PROXY headers, which a udp listener cannot",
-                    pool.get_ref()
-                ),
-            ));
-        }
-        Ok(())
+    /// The line `value` was read from.
+    pub fn line_of<T>(&self, value: &Spanned<T>) -> usize {
+        line_at(&self.text, value.span().start)
     }
 
     /// The folder policy files are named in.
@@ -934,7 +618,8 @@ impl Member {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A valid configuration; tests change it or add to it.
+    pub(super) const GOOD: &str = r#"
 [[listener]]
 name = "web"
 listen = "127.0.0.1:8080"

@@ -21,8 +21,25 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         cache_dir: config.cache_dir(path),
     })?;
     runtime::load_policies(&engine, &config, path, Arc::new(NoPools))
-        .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+        .map_err(|refused| policy_refused(&config, path, refused))?;
     Ok(())
+}
+
+/// A policy that did not load, with the line of its `file` key.
+fn policy_refused(
+    config: &Config,
+    path: &Path,
+    (name, file, e): (String, PathBuf, crate::policy::LoadError),
+) -> anyhow::Error {
+    let line = config
+        .policies
+        .get(&name)
+        .map_or(0, |p| config.line_of(&p.file));
+    anyhow::anyhow!(
+        "{}:{line}: policy {name:?} ({}): {e}",
+        path.display(),
+        file.display()
+    )
 }
 
 /// A running adc, for `adc run` and for tests. Dropping it without
@@ -131,7 +148,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         workers,
     });
     let policies = runtime::load_policies(&engine, &config, path, shared.directory.clone())
-        .map_err(|(name, file, e)| anyhow::anyhow!("policy {name:?} ({}): {e}", file.display()))?;
+        .map_err(|refused| policy_refused(&config, path, refused))?;
     let watched = watched_dir(&config, path);
     let rt = runtime::build_runtime(config, path)?;
     for pool in rt.pools.values() {
@@ -223,9 +240,7 @@ fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
         check_listeners_unchanged(&shared.runtime.load(), &config)?;
         let policies =
             runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
-                .map_err(|(name, file, e)| {
-                    anyhow::anyhow!("policy {name:?} ({}): {e}", file.display())
-                })?;
+                .map_err(|refused| policy_refused(&config, &path, refused))?;
         let watched = watched_dir(&config, &path);
         let rt = runtime::build_runtime(config, &path)?;
         keep_operator_state(&shared.runtime.load(), &rt);

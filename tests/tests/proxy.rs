@@ -289,6 +289,37 @@ fn adc_check_names_the_line_of_a_bad_key() {
     assert!(e.to_string().contains("bad.toml:5"), "{e}");
 }
 
+#[test]
+fn adc_check_names_the_line_of_a_refusal_that_involves_two_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    let base = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"app\"\n\n\
+                [pools.app]\nmembers = [{ address = \"127.0.0.1:9001\" }]\n";
+    let cases = [
+        // A second listener on the first one's address.
+        (
+            format!("{base}\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"app\"\n"),
+            "two.toml:12: listener \"b\": address 127.0.0.1:8080 is used by another listener",
+        ),
+        // A listener on the admin address it did not write (the default).
+        (
+            base.replace("8080", "9900"),
+            "two.toml:3: admin address 127.0.0.1:9900 is also listener",
+        ),
+        // A policy named by a route whose file does not load.
+        (
+            base.replace("pool = \"app\"\n", "pool = \"app\"\npolicies = [\"p\"]\n")
+                + "\n[policies.p]\nfile = \"missing.wasm\"\n",
+            "two.toml:12: policy \"p\"",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&path, &text).unwrap();
+        let e = format!("{:#}", adc::serve::check(&path).unwrap_err());
+        assert!(e.contains(want), "{e}\nfor:\n{text}");
+    }
+}
+
 /// Send raw bytes and return the status line of the answer.
 async fn raw(addr: std::net::SocketAddr, request: impl AsRef<[u8]> + Send + 'static) -> String {
     tokio::task::spawn_blocking(move || {

@@ -1,0 +1,506 @@
+//! Checks across sections, right after parsing. Every refusal points at the
+//! key it is about: a value parsed with its place (`toml::Spanned`), or a
+//! key named by its path, found again in the text when the error is
+//! reported.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::{Config, HealthKind, Listener, Protocol};
+
+/// Where in the file a refusal points.
+#[derive(Debug)]
+pub(super) enum At {
+    /// The byte offset of a value parsed with its place.
+    Offset(usize),
+    /// A key by its path from the top of the document, such as
+    /// `listener`, 1, `listen`.
+    Key(Vec<Step>),
+}
+
+#[derive(Debug)]
+pub(super) enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl From<&str> for Step {
+    fn from(key: &str) -> Step {
+        Step::Key(key.to_owned())
+    }
+}
+
+impl From<&String> for Step {
+    fn from(key: &String) -> Step {
+        Step::Key(key.clone())
+    }
+}
+
+impl From<usize> for Step {
+    fn from(index: usize) -> Step {
+        Step::Index(index)
+    }
+}
+
+impl<T> From<&Spanned<T>> for At {
+    fn from(value: &Spanned<T>) -> At {
+        At::Offset(value.span().start)
+    }
+}
+
+/// The key at `path` (listener 0's `name`: `key(["listener".into(),
+/// 0.into(), "name".into()])`).
+fn key<const N: usize>(path: [Step; N]) -> At {
+    At::Key(path.into())
+}
+
+/// A refusal: where, and why.
+pub(super) type Invalid = (At, String);
+
+impl At {
+    /// The byte offset in `text` this points at. A key the file does not
+    /// have (its default was taken) gives the closest of its sections that
+    /// it has.
+    pub(super) fn offset(&self, text: &str) -> Option<usize> {
+        let path = match self {
+            At::Offset(offset) => return Some(*offset),
+            At::Key(path) => path,
+        };
+        let document = DeTable::parse(text).ok()?;
+        let mut table: Option<&DeTable> = Some(document.get_ref());
+        let mut array: Option<&[Spanned<DeValue>]> = None;
+        let mut found = None;
+        for step in path {
+            let (start, value) = match (step, table, array) {
+                (Step::Key(k), Some(t), _) => match t.get_key_value(k.as_str()) {
+                    Some((key, value)) => (key.span().start, value),
+                    None => break,
+                },
+                (Step::Index(i), _, Some(a)) => match a.get(*i) {
+                    Some(value) => (value.span().start, value),
+                    None => break,
+                },
+                _ => break,
+            };
+            found = Some(start);
+            (table, array) = match value.get_ref() {
+                DeValue::Table(t) => (Some(t), None),
+                DeValue::Array(a) => (None, Some(&a[..])),
+                _ => (None, None),
+            };
+        }
+        found
+    }
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        let mut names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |k: &str| key(["listener".into(), i.into(), k.into()]);
+            if !names.insert(&l.name) {
+                return Err((
+                    at("name"),
+                    format!("listener {:?} is defined twice", l.name),
+                ));
+            }
+            if l.listen.port() != 0 && l.listen == *self.admin.listen.get_ref() {
+                // The admin address may be the default, written nowhere.
+                let place = if self.admin.listen.span().is_empty() {
+                    at("listen")
+                } else {
+                    At::from(&self.admin.listen)
+                };
+                return Err((
+                    place,
+                    format!(
+                        "admin address {} is also listener {:?}: keep management apart",
+                        l.listen, l.name
+                    ),
+                ));
+            }
+            match l.protocol {
+                Protocol::Http | Protocol::Https => {
+                    if l.routes.is_empty() {
+                        return Err((at("name"), format!("listener {:?} has no route", l.name)));
+                    }
+                    if let Some(p) = &l.pool {
+                        return Err((
+                            p.into(),
+                            format!(
+                                "listener {:?}: an HTTP listener takes its pools from routes",
+                                l.name
+                            ),
+                        ));
+                    }
+                }
+                Protocol::Tcp | Protocol::Udp => {
+                    let Some(pool) = &l.pool else {
+                        return Err((
+                            at("protocol"),
+                            format!("listener {:?}: an L4 listener needs a pool", l.name),
+                        ));
+                    };
+                    if !self.pools.contains_key(pool.get_ref()) {
+                        return Err((
+                            pool.into(),
+                            format!(
+                                "listener names pool {:?}, which is not defined",
+                                pool.get_ref()
+                            ),
+                        ));
+                    }
+                    if !l.routes.is_empty() {
+                        return Err((
+                            key(["listener".into(), i.into(), "route".into(), 0.into()]),
+                            format!("listener {:?}: an L4 listener has no routes", l.name),
+                        ));
+                    }
+                    self.health_speaks(pool, l.protocol == Protocol::Udp)?;
+                    if l.protocol == Protocol::Udp {
+                        self.no_proxy_protocol_over_udp(l, pool)?;
+                    }
+                }
+            }
+            match (l.protocol, &l.tls) {
+                (Protocol::Https, None) => {
+                    return Err((
+                        at("protocol"),
+                        format!(
+                            "listener {:?}: https needs a [listener.tls] section",
+                            l.name
+                        ),
+                    ))
+                }
+                (Protocol::Https, Some(t)) => {
+                    if t.certificates.is_empty() {
+                        return Err((
+                            key([
+                                "listener".into(),
+                                i.into(),
+                                "tls".into(),
+                                "certificates".into(),
+                            ]),
+                            format!("listener {:?}: tls needs at least one certificate", l.name),
+                        ));
+                    }
+                    if !["1.2", "1.3"].contains(&t.min_version.get_ref().as_str()) {
+                        return Err((
+                            (&t.min_version).into(),
+                            format!(
+                                "min_version {:?}: use \"1.2\" or \"1.3\"",
+                                t.min_version.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err((
+                        at("tls"),
+                        format!("listener {:?}: tls needs protocol = \"https\"", l.name),
+                    ))
+                }
+                (_, None) => {}
+            }
+            if l.http3 && l.protocol != Protocol::Https {
+                return Err((
+                    at("http3"),
+                    format!("listener {:?}: http3 needs protocol = \"https\"", l.name),
+                ));
+            }
+            for p in &l.policies {
+                if !self.policies.contains_key(p.get_ref()) {
+                    return Err((
+                        p.into(),
+                        format!(
+                            "listener names policy {:?}, which is not defined",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for cidr in &l.proxy_protocol_from {
+                if crate::net::Cidr::parse(cidr.get_ref()).is_none() {
+                    return Err((
+                        cidr.into(),
+                        format!(
+                            "proxy_protocol_from {:?}: not an address or CIDR block",
+                            cidr.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for (j, r) in l.routes.iter().enumerate() {
+                if !self.pools.contains_key(r.pool.get_ref()) {
+                    return Err((
+                        (&r.pool).into(),
+                        format!(
+                            "route names pool {:?}, which is not defined",
+                            r.pool.get_ref()
+                        ),
+                    ));
+                }
+                self.health_speaks(&r.pool, false)?;
+                if self
+                    .pools
+                    .get(r.pool.get_ref())
+                    .is_some_and(|p| p.proxy_protocol.is_some())
+                {
+                    return Err(((&r.pool).into(), format!(
+                        "pool {:?} sends PROXY headers, which only TCP listeners write; HTTP routes carry the client in X-Forwarded-For",
+                        r.pool.get_ref()
+                    )));
+                }
+                for p in &r.policies {
+                    if !self.policies.contains_key(p.get_ref()) {
+                        return Err((
+                            p.into(),
+                            format!("route names policy {:?}, which is not defined", p.get_ref()),
+                        ));
+                    }
+                }
+                if !r.path_prefix.starts_with('/') {
+                    return Err((
+                        key([
+                            "listener".into(),
+                            i.into(),
+                            "route".into(),
+                            j.into(),
+                            "path_prefix".into(),
+                        ]),
+                        format!("path_prefix {:?} must start with '/'", r.path_prefix),
+                    ));
+                }
+            }
+        }
+        for (name, pool) in &self.pools {
+            let at = |k: &str| key(["pools".into(), name.into(), k.into()]);
+            if pool.members.is_empty() {
+                return Err((at("members"), format!("pool {name:?} has no members")));
+            }
+            let mut seen = HashSet::new();
+            for (i, m) in pool.members.iter().enumerate() {
+                if !seen.insert(m.display_name()) {
+                    return Err((
+                        key(["pools".into(), name.into(), "members".into(), i.into()]),
+                        format!("pool {name:?}: member {i} repeats a name or address"),
+                    ));
+                }
+            }
+            if let Some(h) = &pool.hash_on {
+                let ok = h.get_ref() == "client_ip"
+                    || h.get_ref()
+                        .strip_prefix("header:")
+                        .is_some_and(|n| !n.is_empty())
+                    || h.get_ref()
+                        .strip_prefix("cookie:")
+                        .is_some_and(|n| !n.is_empty());
+                if !ok {
+                    return Err((
+                        h.into(),
+                        format!(
+                            "hash_on {:?}: use client_ip, header:<name> or cookie:<name>",
+                            h.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if let Some(h) = &pool.health {
+                let at = |k: &str| key(["pools".into(), name.into(), "health".into(), k.into()]);
+                // Probes more often than this flood the member and flap its
+                // state without telling anything more.
+                const SHORTEST: Duration = Duration::from_millis(10);
+                let short_interval = h.interval < SHORTEST;
+                if short_interval || h.timeout < Duration::from_millis(1) {
+                    return Err((
+                        at(if short_interval {
+                            "interval"
+                        } else {
+                            "timeout"
+                        }),
+                        format!(
+                            "pool {name:?}: health interval must be at least 10ms and timeout \
+                             at least 1ms (interval {:?}, timeout {:?})",
+                            h.interval, h.timeout
+                        ),
+                    ));
+                }
+                if h.rise == 0 || h.fall == 0 {
+                    return Err((
+                        at(if h.rise == 0 { "rise" } else { "fall" }),
+                        format!("pool {name:?}: health rise and fall must be at least 1"),
+                    ));
+                }
+                match (h.kind, &h.send, &h.expect) {
+                    (HealthKind::Udp, None, _) => {
+                        return Err((
+                            at("kind"),
+                            format!("pool {name:?}: health kind \"udp\" needs send"),
+                        ))
+                    }
+                    (HealthKind::Tcp | HealthKind::Http, send, expect)
+                        if send.is_some() || expect.is_some() =>
+                    {
+                        return Err((
+                            at(if send.is_some() { "send" } else { "expect" }),
+                            format!("pool {name:?}: health send and expect need kind = \"udp\""),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut bound = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let udp = l.protocol == Protocol::Udp;
+            if l.listen.port() != 0 && !bound.insert((l.listen, udp)) {
+                return Err((
+                    key(["listener".into(), i.into(), "listen".into()]),
+                    format!(
+                        "listener {:?}: address {} is used by another listener",
+                        l.name, l.listen
+                    ),
+                ));
+            }
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err((
+                key(["limits".into(), "max_header_bytes".into()]),
+                format!(
+                    "limits.max_header_bytes = {}: use at least 1024",
+                    self.limits.max_header_bytes
+                ),
+            ));
+        }
+        if self.limits.max_udp_flows == 0 {
+            return Err((
+                key(["limits".into(), "max_udp_flows".into()]),
+                "limits.max_udp_flows = 0: use at least 1 (a UDP listener without flows relays nothing)"
+                    .to_owned(),
+            ));
+        }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err((
+                key(["admin".into(), "token".into()]),
+                "admin.token is empty: set a token or remove the key".to_owned(),
+            ));
+        }
+        let loopback = self.admin.listen.get_ref().ip().is_loopback();
+        if !loopback && self.admin.token.is_none() && !self.admin.allow_public_without_token {
+            return Err(((&self.admin.listen).into(), format!(
+                "admin address {} is not loopback and has no token: set admin.token, or allow_public_without_token = true",
+                self.admin.listen.get_ref()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A pool's health checks must speak what its users send: UDP probes
+    /// for a UDP listener's pool, TCP or HTTP probes for the others.
+    fn health_speaks(&self, pool: &Spanned<String>, udp: bool) -> Result<(), Invalid> {
+        let kind = self
+            .pools
+            .get(pool.get_ref())
+            .and_then(|p| p.health.as_ref())
+            .map(|h| h.kind);
+        match kind {
+            Some(k) if (k == HealthKind::Udp) != udp => Err((
+                pool.into(),
+                format!(
+                    "pool {:?} is used over {}: its health kind must {}be \"udp\"",
+                    pool.get_ref(),
+                    if udp { "UDP" } else { "TCP" },
+                    if udp { "" } else { "not " }
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// PROXY headers are read and written on TCP only: a UDP listener that
+    /// names them would silently go without.
+    fn no_proxy_protocol_over_udp(
+        &self,
+        l: &Listener,
+        pool: &Spanned<String>,
+    ) -> Result<(), Invalid> {
+        if let Some(first) = l.proxy_protocol_from.first() {
+            return Err((
+                first.into(),
+                format!(
+                    "listener {:?}: proxy_protocol_from needs a TCP listener, not udp",
+                    l.name
+                ),
+            ));
+        }
+        if self.pools[pool.get_ref()].proxy_protocol.is_some() {
+            return Err((
+                pool.into(),
+                format!(
+                    "pool {:?} sends PROXY headers, which a udp listener cannot",
+                    pool.get_ref()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::GOOD;
+    use crate::config::Config;
+
+    /// The line and message of the refusal of `text`.
+    fn refused(text: &str) -> (usize, String) {
+        let e = Config::parse(text, "t.toml").expect_err("refused");
+        (e.line, e.message)
+    }
+
+    #[test]
+    fn every_refusal_names_the_line_of_its_key() {
+        // GOOD is 9 lines long: what is added starts on line 10.
+        let listener = |more: &str| {
+            format!("{GOOD}\n[[listener]]\nname = \"more\"\nlisten = \"127.0.0.1:8081\"\n{more}")
+        };
+        let members = "members = [{ address = \"127.0.0.1:9001\" }]";
+        let cases = [
+            // Two sections: the second listener's name, and its address.
+            (listener("[[listener.route]]\npool = \"app\"\n").replace("\"more\"", "\"web\""), 12, "defined twice"),
+            (listener("[[listener.route]]\npool = \"app\"\n").replace("8081", "8080"), 13, "used by another listener"),
+            // The default admin address, written nowhere: the listener's.
+            (GOOD.replace("8080", "9900"), 4, "keep management apart"),
+            (listener("protocol = \"tcp\"\n"), 14, "needs a pool"),
+            (listener("protocol = \"https\"\n[[listener.route]]\npool = \"app\"\n"), 14, "[listener.tls]"),
+            (listener("http3 = true\n[[listener.route]]\npool = \"app\"\n"), 14, "http3 needs"),
+            (listener(""), 12, "has no route"),
+            (listener("[[listener.route]]\npool = \"app\"\npath_prefix = \"api\"\n"), 16, "must start with '/'"),
+            (listener("protocol = \"tcp\"\npool = \"app\"\n[[listener.route]]\npool = \"app\"\n"), 16, "has no routes"),
+            (
+                GOOD.replace(members, "members = [\n  { address = \"127.0.0.1:9001\" },\n  { address = \"127.0.0.1:9001\" },\n]"),
+                11,
+                "repeats",
+            ),
+            (GOOD.replace(members, "members = []"), 9, "no members"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nrise = 2\nfall = 0\n", 13, "rise and fall"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\ntimeout = \"0ms\"\n", 12, "at least 1ms"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect = \"pong\"\n", 12, "need kind"),
+            (GOOD.to_owned() + "[limits]\nmax_header_bytes = 100\n", 11, "max_header_bytes"),
+            (GOOD.to_owned() + "[limits]\nmax_udp_flows = 0\n", 11, "max_udp_flows"),
+            ("[admin]\ntoken = \" \"\n".to_owned() + GOOD, 2, "token is empty"),
+        ];
+        for (text, line, message) in cases {
+            let (got, said) = refused(&text);
+            assert!(said.contains(message), "{said:?} for:\n{text}");
+            assert_eq!(got, line, "{said:?} for:\n{text}");
+        }
+    }
+}
