@@ -140,6 +140,6 @@ fn describe() {
     );
     describe_counter!(
         "adc_policy_misplaced_decisions_total",
-        "Decisions a hook may not return, taken as continue, by policy and hook"
+        "Decisions a hook may not return, taken as continue, and response_chunk holds over their bounds (once per response), by policy and hook"
     );
 }

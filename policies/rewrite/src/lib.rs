@@ -1,9 +1,14 @@
 //! Content transformation: edit request and response headers, rewrite the
 //! URL by prefix, map `Location` from backend names to public ones, and
-//! substitute text in response bodies of chosen content types.
+//! substitute text in response bodies of chosen content types as they
+//! stream.
 
-use adc_sdk::{policy, BodyLimits, Config, Decision, Error, Policy, Request, Response};
+mod body;
+
+use adc_sdk::{policy, Chunk, Config, Decision, Error, Policy, Request, Response};
 use serde::Deserialize;
+
+use body::{BodyRules, Substitution};
 
 /// Header edits, applied in order: remove, set, then append.
 #[derive(Debug, Default, Deserialize)]
@@ -32,22 +37,6 @@ struct PrefixRule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BodyRules {
-    /// Content types (without parameters) whose bodies are rewritten.
-    content_types: Vec<String>,
-    /// Text substitutions, applied in order.
-    replace: Vec<PrefixRule>,
-    /// Largest body buffered for substitution; larger ones pass unchanged.
-    #[serde(default = "default_max_body")]
-    max_bytes: u32,
-}
-
-fn default_max_body() -> u32 {
-    1024 * 1024
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Settings {
     #[serde(default)]
     request_headers: HeaderEdits,
@@ -65,6 +54,7 @@ struct Settings {
 /// The rewrite policy.
 pub struct Rewrite {
     settings: Settings,
+    body: Option<Substitution>,
 }
 
 /// Apply every edit; each the host refuses is logged, and the rest still
@@ -113,14 +103,10 @@ fn replace_prefix(rules: &[PrefixRule], text: &str) -> Option<String> {
         .map(|r| format!("{}{}", r.to, &text[r.from.len()..]))
 }
 
-fn media_type(content_type: &str) -> &str {
-    content_type.split(';').next().unwrap_or("").trim()
-}
-
 #[policy]
 impl Policy for Rewrite {
     fn init(config: Config) -> Result<Self, Error> {
-        let settings: Settings = config.parse()?;
+        let mut settings: Settings = config.parse()?;
         for rule in settings.url.iter() {
             if !rule.from.starts_with('/') || !rule.to.starts_with('/') {
                 return Err(Error::new(format!(
@@ -129,19 +115,8 @@ impl Policy for Rewrite {
                 )));
             }
         }
-        if let Some(body) = &settings.body {
-            if body.replace.iter().any(|r| r.from.is_empty()) {
-                return Err(Error::new("body.replace: 'from' must not be empty"));
-            }
-        }
-        Ok(Rewrite { settings })
-    }
-
-    fn body_limits(&self) -> BodyLimits {
-        BodyLimits {
-            request: 0,
-            response: self.settings.body.as_ref().map_or(0, |b| b.max_bytes),
-        }
+        let body = settings.body.take().map(Substitution::new).transpose()?;
+        Ok(Rewrite { settings, body })
     }
 
     fn on_request_headers(&self, req: &Request) -> Decision {
@@ -170,33 +145,18 @@ impl Policy for Rewrite {
         if !self.settings.response_headers.is_empty() {
             apply_response(&self.settings.response_headers, resp);
         }
+        if self.body.as_ref().is_some_and(|b| b.applies(resp)) {
+            // Refused only for a response without a body (to HEAD, 204, 304).
+            let _ = resp.stream_body();
+        }
         Decision::Continue
     }
 
-    fn on_response_body(&self, _req: &Request, resp: &Response) -> Decision {
-        let Some(rules) = &self.settings.body else {
-            return Decision::Continue;
-        };
-        let matches = resp.header("content-type").is_some_and(|ct| {
-            rules
-                .content_types
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(media_type(&ct)))
-        });
-        if !matches {
-            return Decision::Continue;
+    fn on_response_chunk(&self, _: &Request, _: &Response, chunk: &[u8], last: bool) -> Chunk {
+        match &self.body {
+            Some(body) => body.substitute(chunk, last),
+            None => Chunk::send(chunk),
         }
-        let Some(body) = resp.body() else {
-            return Decision::Continue;
-        };
-        let Ok(mut text) = String::from_utf8(body) else {
-            return Decision::Continue;
-        };
-        for rule in &rules.replace {
-            text = text.replace(&rule.from, &rule.to);
-        }
-        let _ = resp.set_body(text.as_bytes());
-        Decision::Continue
     }
 }
 
@@ -261,16 +221,19 @@ mod tests {
             .init(r#"{"body": {"content_types": ["text/html"], "replace": [{"from": "http://", "to": "https://"}]}}"#)
             .unwrap();
         let req = MockRequest::get("/");
-        let html = MockResponse::new(200)
-            .with_header("content-type", "text/html; charset=utf-8")
-            .with_body(b"<a href=http://x>");
-        policy.on_response_body(&req.as_request(), &html.as_response());
-        assert_eq!(html.as_response().body().unwrap(), b"<a href=https://x>");
-        let json = MockResponse::new(200)
-            .with_header("content-type", "application/json")
-            .with_body(b"http://x");
-        policy.on_response_body(&req.as_request(), &json.as_response());
-        assert_eq!(json.as_response().body().unwrap(), b"http://x");
+        let html = MockResponse::new(200).with_header("content-type", "text/html; charset=utf-8");
+        policy.on_response_headers(&req.as_request(), &html.as_response());
+        assert!(html.streams());
+        let sent = host.stream_body(&policy, &req, &html, &[b"<a href=http://x>"]);
+        assert_eq!(sent, b"<a href=https://x>");
+
+        let json = MockResponse::new(200).with_header("content-type", "application/json");
+        policy.on_response_headers(&req.as_request(), &json.as_response());
+        assert!(!json.streams());
+        assert_eq!(
+            host.stream_body(&policy, &req, &json, &[b"http://x"]),
+            b"http://x"
+        );
     }
 
     #[test]
