@@ -124,6 +124,52 @@ pub struct BodyLimits {
 /// new bytes. `data` replaces all of it but its last `hold` bytes, which the
 /// host keeps and puts in front of the next piece: a match that a chunk
 /// boundary cuts is then seen whole, with no state kept in the policy.
+///
+/// ```
+/// use adc_sdk::testing::{MockRequest, MockResponse, TestHost};
+/// use adc_sdk::{policy, Chunk, Config, Decision, Error, Policy, Request, Response};
+///
+/// /// "cat" becomes "dog" in text bodies, however they are cut.
+/// struct Dogs;
+///
+/// #[policy]
+/// impl Policy for Dogs {
+///     fn init(_: Config) -> Result<Self, Error> {
+///         Ok(Dogs)
+///     }
+///
+///     fn on_response_headers(&self, _: &Request, resp: &Response) -> Decision {
+///         if resp.header("content-type").is_some_and(|t| t.starts_with("text/")) {
+///             let _ = resp.stream_body();
+///         }
+///         Decision::Continue
+///     }
+///
+///     fn on_response_chunk(&self, _: &Request, _: &Response, chunk: &[u8], last: bool) -> Chunk {
+///         // The last two bytes may start a "cat" that the next piece ends.
+///         let settled = if last { chunk.len() } else { chunk.len().saturating_sub(2) };
+///         let (mut out, mut i) = (Vec::new(), 0);
+///         while i < settled {
+///             if chunk[i..].starts_with(b"cat") {
+///                 out.extend_from_slice(b"dog");
+///                 i += 3;
+///             } else {
+///                 out.push(chunk[i]);
+///                 i += 1;
+///             }
+///         }
+///         Chunk::hold(out, chunk.len() - i)
+///     }
+/// }
+///
+/// let host = TestHost::new();
+/// let policy: Dogs = host.init("{}").unwrap();
+/// let req = MockRequest::get("/");
+/// let resp = MockResponse::new(200).with_header("content-type", "text/plain");
+/// policy.on_response_headers(&req.as_request(), &resp.as_response());
+/// let pieces: [&[u8]; 3] = [b"a c", b"at and a ca", b"t"];
+/// assert_eq!(host.stream_body(&policy, &req, &resp, &pieces), b"a dog and a dog");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
     /// Sent to the client in place of the input but for its last `hold`
