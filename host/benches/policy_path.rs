@@ -8,6 +8,8 @@
 //! example (`examples/<policy>.toml`) through the header, backend and end
 //! hooks it registers, on a plain GET: what each costs a request that
 //! passes. Pools are not visible to policies here (no pool directory).
+//! `rewrite_chunk_16k` times one 16 KiB piece of a text body through
+//! rewrite's `on-response-chunk`, as a streamed body goes through it.
 //!
 //! Run: `scripts/build-policies fixture-bench-headers && cargo bench -p adc --bench policy_path`
 
@@ -193,6 +195,19 @@ fn shipped(c: &mut Criterion) {
                 criterion::BatchSize::SmallInput,
             )
         });
+        if name == "rewrite" {
+            // The example substitutes "demo-" in text bodies.
+            let piece = "<li>served by demo-1 for a client</li>\n".repeat(16 * 1024 / 40);
+            group.bench_function("rewrite_chunk_16k", |b| {
+                let mut ex = Some(exchange());
+                b.iter(|| {
+                    let taken = ex.take().expect("put back");
+                    let (back, result) = policy.on_response_chunk(taken, piece.as_bytes(), false);
+                    result.expect("rewrite does not fail on a text body");
+                    ex = Some(back);
+                })
+            });
+        }
     }
     group.finish();
 }
