@@ -7,7 +7,8 @@
 //! The `shipped` group runs each shipped policy with the settings of its
 //! example (`examples/<policy>.toml`) through the header, backend and end
 //! hooks it registers, on a plain GET: what each costs a request that
-//! passes. Pools are not visible to policies here (no pool directory).
+//! passes. Policies see the example's pools (`init` checks the names its
+//! settings give), all members healthy.
 //! `rewrite_chunk_16k` times one 16 KiB piece of a text body through
 //! rewrite's `on-response-chunk`, as a streamed body goes through it.
 //!
@@ -171,8 +172,9 @@ fn shipped(c: &mut Criterion) {
         "maintenance",
     ] {
         let example = root.join(format!("examples/{name}.toml"));
-        let config = adc::config::Config::load(&example)
+        let mut config = adc::config::Config::load(&example)
             .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+        let pools = adc::runtime::build_pools(&mut config).expect("the example's pools");
         let file = root.join(format!("target/policies/{name}.wasm"));
         let wasm = std::fs::read(&file)
             .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-policies", file.display()));
@@ -184,7 +186,7 @@ fn shipped(c: &mut Criterion) {
             .unwrap_or_else(|| panic!("examples/{name}.toml loads {name}.wasm"));
         let options = adc::runtime::policy_options(section);
         let policy = engine
-            .load(name, &wasm, options, Arc::new(NoPools))
+            .load(name, &wasm, options, Arc::new(adc::runtime::Pools(pools)))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         // A fresh exchange each time (made outside the timing): policies
         // such as sticky add headers that a reused one would pile up.

@@ -136,22 +136,7 @@ impl PoolDirectory for Directory {
     fn members(&self, pool: &str) -> Option<Vec<MemberStatus>> {
         let shared = self.0.upgrade()?;
         let rt = shared.runtime.load();
-        let pool = rt.pools.get(pool)?;
-        Some(
-            pool.members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| MemberStatus {
-                    name: m.name.clone(),
-                    address: m.address.to_string(),
-                    weight: m.weight,
-                    healthy: m.healthy.load(std::sync::atomic::Ordering::Relaxed)
-                        && !pool.ejected(i),
-                    enabled: m.enabled.load(std::sync::atomic::Ordering::Relaxed),
-                    active: m.active.load(std::sync::atomic::Ordering::Relaxed),
-                })
-                .collect(),
-        )
+        Some(member_status(rt.pools.get(pool)?))
     }
 
     fn available(&self, pool: &str) -> bool {
@@ -165,8 +150,58 @@ impl PoolDirectory for Directory {
     }
 }
 
-/// The running form of a configuration read from `config_path`.
-pub fn build_runtime(config: Config, config_path: &Path) -> anyhow::Result<Runtime> {
+/// The pools of a configuration being loaded, as its policies see them
+/// from `init` on: a policy checks its settings against the pools it will
+/// serve with (the router refuses a rule naming a pool that is not there),
+/// in `adc check` as in a start or a reload. They are the pools the
+/// configuration then serves with, so what a policy reads later is live.
+#[derive(Debug)]
+pub struct Pools(pub HashMap<String, Arc<Pool>>);
+
+impl PoolDirectory for Pools {
+    fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    fn members(&self, pool: &str) -> Option<Vec<MemberStatus>> {
+        Some(member_status(self.0.get(pool)?))
+    }
+
+    fn available(&self, pool: &str) -> bool {
+        self.0.get(pool).is_some_and(|p| p.any_available())
+    }
+}
+
+fn member_status(pool: &Pool) -> Vec<MemberStatus> {
+    pool.members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MemberStatus {
+            name: m.name.clone(),
+            address: m.address.to_string(),
+            weight: m.weight,
+            healthy: m.healthy.load(Ordering::Relaxed) && !pool.ejected(i),
+            enabled: m.enabled.load(Ordering::Relaxed),
+            active: m.active.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// The pools of a configuration, taken out of it.
+pub fn build_pools(config: &mut Config) -> anyhow::Result<HashMap<String, Arc<Pool>>> {
+    std::mem::take(&mut config.pools)
+        .into_iter()
+        .map(|(name, p)| Ok((name.clone(), Arc::new(Pool::new(&name, p)?))))
+        .collect()
+}
+
+/// The running form of a configuration read from `config_path`, with its
+/// pools from [`build_pools`].
+pub fn build_runtime(
+    config: Config,
+    config_path: &Path,
+    pools: HashMap<String, Arc<Pool>>,
+) -> anyhow::Result<Runtime> {
     let listeners = config
         .listeners
         .iter()
@@ -203,11 +238,6 @@ pub fn build_runtime(config: Config, config_path: &Path) -> anyhow::Result<Runti
             (name.clone(), file)
         })
         .collect();
-    let pools = config
-        .pools
-        .into_iter()
-        .map(|(name, p)| Ok((name.clone(), Arc::new(Pool::new(&name, p)?))))
-        .collect::<anyhow::Result<_>>()?;
     Ok(Runtime {
         listeners,
         pools,

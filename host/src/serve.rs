@@ -11,16 +11,17 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::policy::{Engine, EngineOptions, NoPools};
-use crate::runtime::{self, Directory, Shared};
+use crate::policy::{Engine, EngineOptions};
+use crate::runtime::{self, Directory, Pools, Shared};
 
 /// Validate a configuration and load its policies, without serving.
 pub fn check(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     let engine = Engine::new(EngineOptions {
         cache_dir: config.cache_dir(path),
     })?;
-    runtime::load_policies(&engine, &config, path, Arc::new(NoPools))
+    let pools = runtime::build_pools(&mut config)?;
+    runtime::load_policies(&engine, &config, path, Arc::new(Pools(pools)))
         .map_err(|refused| policy_refused(&config, path, refused))?;
     Ok(())
 }
@@ -108,7 +109,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         std::path::absolute(path).with_context(|| format!("config path {}", path.display()))?;
     let path = absolute.as_path();
     let metrics_handle = crate::telemetry::prometheus();
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     let workers = workers
         .or((config.workers > 0).then_some(config.workers))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -133,8 +134,12 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
 
     let shared = Arc::new_cyclic(|weak| Shared {
         runtime: ArcSwap::from_pointee(
-            runtime::build_runtime(Config::parse("", "").expect("empty config is valid"), path)
-                .expect("an empty config has nothing to fail"),
+            runtime::build_runtime(
+                Config::parse("", "").expect("empty config is valid"),
+                path,
+                HashMap::new(),
+            )
+            .expect("an empty config has nothing to fail"),
         ),
         policies: ArcSwap::from_pointee(HashMap::new()),
         engine: engine.clone(),
@@ -147,10 +152,12 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         watcher: Default::default(),
         workers,
     });
-    let policies = runtime::load_policies(&engine, &config, path, shared.directory.clone())
+    let pools = runtime::build_pools(&mut config)?;
+    let directory = Arc::new(Pools(pools.clone()));
+    let policies = runtime::load_policies(&engine, &config, path, directory)
         .map_err(|refused| policy_refused(&config, path, refused))?;
     let watched = watched_dir(&config, path);
-    let rt = runtime::build_runtime(config, path)?;
+    let rt = runtime::build_runtime(config, path, pools)?;
     for pool in rt.pools.values() {
         crate::health::start(pool);
     }
@@ -236,13 +243,14 @@ pub async fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
 fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
     let path: PathBuf = shared.config_path.clone();
     let result = (|| {
-        let config = Config::load(&path)?;
+        let mut config = Config::load(&path)?;
         check_listeners_unchanged(&shared.runtime.load(), &config)?;
-        let policies =
-            runtime::load_policies(&shared.engine, &config, &path, shared.directory.clone())
-                .map_err(|refused| policy_refused(&config, &path, refused))?;
+        let pools = runtime::build_pools(&mut config)?;
+        let directory = Arc::new(Pools(pools.clone()));
+        let policies = runtime::load_policies(&shared.engine, &config, &path, directory)
+            .map_err(|refused| policy_refused(&config, &path, refused))?;
         let watched = watched_dir(&config, &path);
-        let rt = runtime::build_runtime(config, &path)?;
+        let rt = runtime::build_runtime(config, &path, pools)?;
         keep_operator_state(&shared.runtime.load(), &rt);
         for pool in rt.pools.values() {
             crate::health::start(pool);

@@ -1,4 +1,9 @@
-//! A read-only view of pools and their members, as the host sees them now.
+//! A read-only view of pools and their members, as the host sees them now:
+//! the pools of the configuration the policy was loaded with, in
+//! [`Policy::init`](crate::Policy::init) too, so that settings naming a
+//! pool that is not configured can be refused at load (in `adc check` as
+//! well). The mock host of [`crate::testing`] has the pools a test declares
+//! with [`TestHost::set_pool`](crate::testing::TestHost::set_pool).
 
 use crate::sys;
 

@@ -191,6 +191,86 @@ async fn router_sees_through_encoded_dot_segments_and_forwards_the_path_it_route
     assert_eq!(admin.hits(), 6);
 }
 
+#[tokio::test]
+async fn a_router_rule_naming_a_pool_that_is_not_configured_is_refused_by_check_and_start() {
+    policy("router");
+    let b = backend("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adc.toml");
+    let config = listener("web", &["router"])
+        + &pool("web", "round_robin", &[&b])
+        + &shipped(
+            "router",
+            "router",
+            "default = \"web\"\n\n[[policies.router.settings.rules]]\nname = \"shop\"\npool = \"shopp\"\nhost = \"shop.example\"\n",
+        );
+    let policies = adc_tests::policy_dir().display().to_string();
+    std::fs::write(&path, config.replace("{policies}", &policies)).unwrap();
+
+    let refused = format!("{:#}", adc::serve::check(&path).unwrap_err());
+    assert!(
+        refused.contains(r#"policy "router""#)
+            && refused.contains(r#"rule "shop": pool "shopp" is not configured"#),
+        "{refused}"
+    );
+    let line = config
+        .lines()
+        .position(|l| l == "file = \"router.wasm\"")
+        .unwrap()
+        + 1;
+    assert!(refused.contains(&format!("adc.toml:{line}:")), "{refused}");
+    assert!(adc::serve::start(&path).await.is_err());
+
+    // With the pool configured, both accept it.
+    let fixed = config.replace("pool = \"shopp\"", "pool = \"web\"");
+    std::fs::write(&path, fixed.replace("{policies}", &policies)).unwrap();
+    adc::serve::check(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_may_add_a_pool_and_its_router_rule_at_once_but_not_a_rule_alone() {
+    policy("router");
+    let (web, shop) = (backend("web").await, backend("shop").await);
+    let rule = |pool: &str| {
+        shipped(
+            "router-reload",
+            "router",
+            &format!("default = \"web\"\n\n[[policies.router-reload.settings.rules]]\nname = \"shop\"\npool = \"{pool}\"\nhost = \"shop.example\"\n"),
+        )
+    };
+    let base = listener("web", &["router-reload"]) + &pool("web", "round_robin", &[&web]);
+    let adc =
+        Adc::start(&(base.clone() + &shipped("router-reload", "router", "default = \"web\"\n")))
+            .await;
+    let path = adc.dir.path().join("adc.toml");
+    let policies = adc_tests::policy_dir().display().to_string();
+    let reload = |text: String| {
+        std::fs::write(&path, text.replace("{policies}", &policies)).unwrap();
+        client().post(adc.admin("/reload")).send()
+    };
+    let to_shop = || {
+        client()
+            .get(adc.url("web", "/"))
+            .header("host", "shop.example")
+            .send()
+    };
+
+    // The new pool is seen by the router's start-up in the same reload.
+    let both = base.clone() + &pool("shop", "round_robin", &[&shop]) + &rule("shop");
+    assert_eq!(reload(both).await.unwrap().status(), 200);
+    assert_eq!(served_by(&to_shop().await.unwrap()), "shop");
+
+    // A rule whose pool is missing refuses the reload; the running one stays.
+    let answer = reload(base + &rule("shopp")).await.unwrap();
+    assert_eq!(answer.status(), 422);
+    let error = answer.text().await.unwrap();
+    assert!(
+        error.contains(r#"rule \"shop\": pool \"shopp\" is not configured"#),
+        "{error}"
+    );
+    assert_eq!(served_by(&to_shop().await.unwrap()), "shop");
+}
+
 // ---------------------------------------------------------------- sticky
 
 const STICKY_SECRET: &str = "integration-test-secret-0123456789";

@@ -309,6 +309,36 @@ impl Rule {
     }
 }
 
+/// Refuse a rule (or `default`) naming a pool the configuration lacks, or a
+/// member its pool lacks: every request it matched would fail.
+fn check_pools(rules: &[Rule], default: Option<&str>) -> Result<(), Error> {
+    let names = adc_sdk::pools::names();
+    let missing = |pool: &str| !names.iter().any(|n| n == pool);
+    for rule in rules {
+        if missing(&rule.pool) {
+            return Err(Error::new(format!(
+                "rule {:?}: pool {:?} is not configured",
+                rule.name, rule.pool
+            )));
+        }
+        if let Some(member) = &rule.member {
+            let members = adc_sdk::pools::members(&rule.pool).unwrap_or_default();
+            if !members.iter().any(|m| &m.name == member) {
+                return Err(Error::new(format!(
+                    "rule {:?}: pool {:?} has no member {member:?}",
+                    rule.name, rule.pool
+                )));
+            }
+        }
+    }
+    match default {
+        Some(pool) if missing(pool) => Err(Error::new(format!(
+            "`default`: pool {pool:?} is not configured"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The router policy.
 pub struct Router {
     rules: Vec<Rule>,
@@ -335,6 +365,7 @@ impl Policy for Router {
         if rules.is_empty() && settings.default.is_none() {
             return Err(Error::new("no rules and no `default`: nothing to route"));
         }
+        check_pools(&rules, settings.default.as_deref())?;
         Ok(Router {
             rules,
             default: settings.default,

@@ -1,7 +1,22 @@
 use super::*;
-use adc_sdk::testing::{MockRequest, TestHost};
+use adc_sdk::testing::{member, MockRequest, TestHost};
 
+/// A router with `settings`, on a mock host that has every pool (and
+/// member) they name, as the adc configuration would.
 fn router(host: &TestHost, settings: &str) -> Router {
+    let config = Config::from_json(settings).expect("settings are JSON");
+    let value = config.value();
+    let rules = value["rules"].as_array().cloned().unwrap_or_default();
+    let named = rules
+        .iter()
+        .map(|r| (r["pool"].as_str(), r["member"].as_str()))
+        .chain([(value["default"].as_str(), None)]);
+    for (pool, name) in named {
+        if let Some(pool) = pool {
+            let members = name.map(|m| member(m, "127.0.0.1:1"));
+            host.set_pool(pool, members.into_iter().collect());
+        }
+    }
     host.init(settings).expect("settings are valid")
 }
 
@@ -370,4 +385,32 @@ fn invalid_settings_are_refused_with_the_rule_named() {
         let err = host.init::<Router>(settings).err().expect(settings);
         assert!(err.message().contains(expected), "{settings}: {err}");
     }
+}
+
+#[test]
+fn a_rule_naming_a_pool_or_member_the_configuration_lacks_is_refused_naming_both() {
+    let host = TestHost::new();
+    host.set_pool("web", vec![member("web-1", "127.0.0.1:1")]);
+    let cases = [
+        (
+            r#"{"rules": [{"name": "shop", "pool": "shopp", "host": "shop.example"}]}"#,
+            r#"rule "shop": pool "shopp" is not configured"#,
+        ),
+        (
+            r#"{"rules": [{"name": "debug", "pool": "web", "member": "web-9", "path": "/x"}]}"#,
+            r#"rule "debug": pool "web" has no member "web-9""#,
+        ),
+        (
+            r#"{"default": "wbe"}"#,
+            r#"`default`: pool "wbe" is not configured"#,
+        ),
+    ];
+    for (settings, expected) in cases {
+        let err = host.init::<Router>(settings).err().expect(settings);
+        assert!(err.message().contains(expected), "{settings}: {err}");
+    }
+    host.init::<Router>(
+        r#"{"default": "web", "rules": [{"name": "one", "pool": "web", "member": "web-1", "path": "/x"}]}"#,
+    )
+    .expect("pools and member are configured");
 }
