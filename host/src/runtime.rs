@@ -219,7 +219,10 @@ pub fn build_runtime(
                         format!("{}{}", r.host.as_deref().unwrap_or("*"), r.path_prefix)
                     })),
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                    prefix: r.path_prefix.clone(),
+                    // Written as a path, compared with normalised ones:
+                    // normalised alike (`/%7Eu//` is `/~u/`), as the router
+                    // and ratelimit policies do with theirs.
+                    prefix: adc_sdk::text::normalize_path(&r.path_prefix),
                     pool: r.pool.get_ref().clone(),
                     policies: r.policies.iter().map(|p| p.get_ref().clone()).collect(),
                 })

@@ -397,6 +397,26 @@ async fn duplicate_slashes_cannot_dodge_a_route() {
 }
 
 #[tokio::test]
+async fn a_route_prefix_is_normalised_like_the_paths_it_is_compared_with() {
+    let (home, web) = (backend("home").await, backend("web").await);
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npath_prefix = \"/%7Euser//pages/\"\npool = \"home\"\n[[listener.route]]\npool = \"web\"\n".to_owned()
+        + &pool("home", "round_robin", &[&home])
+        + &pool("web", "round_robin", &[&web]);
+    let adc = Adc::start(&config).await;
+    for path in ["/~user/pages/a", "/%7euser/pages/a"] {
+        let r = client().get(adc.url("web", path)).send().await.unwrap();
+        assert_eq!(r.headers()["x-backend"], "home", "{path}");
+    }
+    // Paths are case-sensitive, in routes as in the policies' prefixes.
+    let r = client()
+        .get(adc.url("web", "/~USER/pages/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-backend"], "web");
+}
+
+#[tokio::test]
 async fn a_reload_keeps_a_drained_member_drained_and_refuses_listener_changes() {
     let (a, b) = (backend("a").await, backend("b").await);
     let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&a, &b]))).await;

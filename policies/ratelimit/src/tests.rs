@@ -138,6 +138,20 @@ fn routes_have_their_own_limits_and_buckets() {
 }
 
 #[test]
+fn route_prefixes_compare_paths_as_adc_routes_and_the_router_do() {
+    let host = TestHost::new();
+    let policy = limiter(
+        &host,
+        r#"{"routes": [{"prefix": "/%7Euser//login", "rate": 1}]}"#,
+    );
+    // Normalised alike on both sides, case included: `/~USER/login` is
+    // another path, which no adc route or router rule on `/~user/` takes.
+    assert_eq!(allowed(&policy, "192.0.2.1", "/~user/login", 3), 1);
+    assert_eq!(allowed(&policy, "192.0.2.2", "/%7euser/./login", 3), 1);
+    assert_eq!(allowed(&policy, "192.0.2.3", "/~USER/login", 3), 3);
+}
+
+#[test]
 fn without_a_top_level_rate_only_routes_are_limited() {
     let host = TestHost::new();
     let policy = limiter(&host, r#"{"routes": [{"prefix": "/api/", "rate": 1}]}"#);
