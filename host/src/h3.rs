@@ -151,6 +151,7 @@ async fn connection(
         alt_svc: None,
         traffic: crate::proxy::Traffic::for_listener(&name),
     };
+    let quic = conn.clone();
     let mut h3 = match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {
         Ok(h) => h,
         Err(e) => {
@@ -162,7 +163,10 @@ async fn connection(
     let mut closing = false;
     loop {
         tokio::select! {
-            accepted = h3.accept() => match accepted {
+            // Not once closing: on a client's GOAWAY, h3's accept sends one
+            // more GOAWAY that names the last accepted stream as refused,
+            // and the client drops the request adc is still answering.
+            accepted = h3.accept(), if !closing => match accepted {
                 Ok(Some(resolver)) => {
                     let (shared, info) = (shared.clone(), info.clone());
                     requests.spawn(async move {
@@ -195,6 +199,13 @@ async fn connection(
         }
     }
     while requests.join_next().await.is_some() {}
+    if closing {
+        // The answers are sent, not yet acknowledged, and a QUIC close
+        // drops what is still unacknowledged: give the client a few round
+        // trips to read them (or to close first).
+        let grace = quic.rtt() * 4 + Duration::from_millis(100);
+        let _ = tokio::time::timeout(grace, quic.closed()).await;
+    }
     // Dropping the connection closes it with H3_NO_ERROR.
 }
 
