@@ -1,6 +1,8 @@
 //! Handles on the request and response the host holds.
 
-use crate::sys;
+use std::cell::RefCell;
+
+use crate::{headers, sys};
 
 /// Why the host refused an edit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,12 +38,12 @@ impl std::error::Error for EditError {}
 
 /// The client's request, held by the host. Reading a value copies only that
 /// value into the policy. Header names match without regard to case.
-pub struct Request<'a>(&'a sys::Request);
+pub struct Request<'a>(&'a sys::Request, Block);
 
 impl<'a> Request<'a> {
     #[doc(hidden)]
     pub fn __from_sys(inner: &'a sys::Request) -> Self {
-        Request(inner)
+        Request(inner, Block::default())
     }
 
     /// The method, such as `GET`.
@@ -55,6 +57,7 @@ impl<'a> Request<'a> {
     ///
     /// [`EditError::InvalidTarget`] when `method` is not a method token.
     pub fn set_method(&self, method: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_method(method).map_err(sys::edit_error)
     }
 
@@ -81,6 +84,7 @@ impl<'a> Request<'a> {
     /// [`EditError::InvalidTarget`] when `uri` does not start with `/` or
     /// is not a valid target.
     pub fn set_uri(&self, uri: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_uri(uri).map_err(sys::edit_error)
     }
 
@@ -136,17 +140,19 @@ impl<'a> Request<'a> {
 
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
+        self.1
+            .read(|| self.0.header_block(), |b| headers::first(b, name))
     }
 
     /// Every value of a header, one per field line, in order.
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
+        self.1
+            .read(|| self.0.header_block(), |b| headers::values(b, name))
     }
 
     /// The names of the headers present, lowercased, each once.
     pub fn header_names(&self) -> Vec<String> {
-        self.0.header_names()
+        self.1.read(|| self.0.header_block(), headers::names)
     }
 
     /// Replace every value of a header with `value`.
@@ -156,6 +162,7 @@ impl<'a> Request<'a> {
     /// [`EditError::InvalidName`], [`EditError::InvalidValue`], or
     /// [`EditError::ForbiddenHeader`] for headers the host manages.
     pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_header(name, value).map_err(sys::edit_error)
     }
 
@@ -165,11 +172,13 @@ impl<'a> Request<'a> {
     ///
     /// As [`Request::set_header`].
     pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.append_header(name, value).map_err(sys::edit_error)
     }
 
     /// Remove every value of a header; true when one was present.
     pub fn remove_header(&self, name: &str) -> bool {
+        self.1.clear();
         self.0.remove_header(name)
     }
 
@@ -195,6 +204,7 @@ impl<'a> Request<'a> {
     ///
     /// [`EditError::BodyUnavailable`] in any other hook.
     pub fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_body(body).map_err(sys::edit_error)
     }
 
@@ -213,12 +223,12 @@ impl<'a> Request<'a> {
 }
 
 /// The backend's response (or a policy's own answer), held by the host.
-pub struct Response<'a>(&'a sys::Response);
+pub struct Response<'a>(&'a sys::Response, Block);
 
 impl<'a> Response<'a> {
     #[doc(hidden)]
     pub fn __from_sys(inner: &'a sys::Response) -> Self {
-        Response(inner)
+        Response(inner, Block::default())
     }
 
     /// The status code.
@@ -232,23 +242,26 @@ impl<'a> Response<'a> {
     ///
     /// [`EditError::InvalidStatus`] outside 100-999.
     pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_status(status).map_err(sys::edit_error)
     }
 
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
+        self.1
+            .read(|| self.0.header_block(), |b| headers::first(b, name))
     }
 
     /// Every value of a header, one per field line: two `Set-Cookie` lines
     /// are two values.
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
+        self.1
+            .read(|| self.0.header_block(), |b| headers::values(b, name))
     }
 
     /// The names of the headers present, lowercased, each once.
     pub fn header_names(&self) -> Vec<String> {
-        self.0.header_names()
+        self.1.read(|| self.0.header_block(), headers::names)
     }
 
     /// Replace every value of a header with `value`.
@@ -257,6 +270,7 @@ impl<'a> Response<'a> {
     ///
     /// As [`Request::set_header`].
     pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_header(name, value).map_err(sys::edit_error)
     }
 
@@ -267,11 +281,13 @@ impl<'a> Response<'a> {
     ///
     /// As [`Request::set_header`].
     pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.1.clear();
         self.0.append_header(name, value).map_err(sys::edit_error)
     }
 
     /// Remove every value of a header; true when one was present.
     pub fn remove_header(&self, name: &str) -> bool {
+        self.1.clear();
         self.0.remove_header(name)
     }
 
@@ -286,6 +302,7 @@ impl<'a> Response<'a> {
     ///
     /// [`EditError::BodyUnavailable`] in any other hook.
     pub fn set_body(&self, body: &[u8]) -> Result<(), EditError> {
+        self.1.clear();
         self.0.set_body(body).map_err(sys::edit_error)
     }
 
@@ -304,6 +321,24 @@ impl<'a> Response<'a> {
     /// [`EditError::BodyUnavailable`] outside `on_response_headers`, and
     /// for a response without a body (to `HEAD`; 1xx, 204, 304).
     pub fn stream_body(&self) -> Result<(), EditError> {
+        self.1.clear();
         self.0.stream_body().map_err(sys::edit_error)
+    }
+}
+
+/// The header block read in this hook, kept until the message changes: a
+/// policy reading several headers calls the host once
+/// (see [`crate::headers`]).
+#[derive(Default)]
+struct Block(RefCell<Option<Vec<u8>>>);
+
+impl Block {
+    fn read<R>(&self, fetch: impl FnOnce() -> Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> R {
+        let mut slot = self.0.borrow_mut();
+        f(slot.get_or_insert_with(fetch))
+    }
+
+    fn clear(&self) {
+        self.0.borrow_mut().take();
     }
 }

@@ -49,6 +49,7 @@ mod sys;
 
 pub mod clock;
 pub mod crypto;
+pub mod headers;
 pub mod kv;
 pub mod log;
 pub mod metrics;

@@ -189,15 +189,12 @@ impl Message {
             .collect()
     }
 
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for (n, _) in &self.headers {
-            let n = n.to_ascii_lowercase();
-            if !names.contains(&n) {
-                names.push(n);
-            }
+    fn block(&self) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (n, v) in &self.headers {
+            crate::headers::push_line(&mut block, &n.to_ascii_lowercase(), v.as_bytes());
         }
-        names
+        block
     }
 
     fn check(name: &str, value: &str) -> Result<(), EditError> {
@@ -411,16 +408,12 @@ impl MockRequest {
             .unwrap_or_default()
     }
 
-    pub(crate) fn header(&self, name: &str) -> Option<String> {
-        self.message.borrow().get(name)
-    }
-
     pub(crate) fn header_values(&self, name: &str) -> Vec<String> {
         self.message.borrow().values(name)
     }
 
-    pub(crate) fn header_names(&self) -> Vec<String> {
-        self.message.borrow().names()
+    pub(crate) fn header_block(&self) -> Vec<u8> {
+        self.message.borrow().block()
     }
 
     pub(crate) fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
@@ -544,16 +537,8 @@ impl MockResponse {
         Ok(())
     }
 
-    pub(crate) fn header(&self, name: &str) -> Option<String> {
-        self.message.borrow().get(name)
-    }
-
-    pub(crate) fn header_values(&self, name: &str) -> Vec<String> {
-        self.message.borrow().values(name)
-    }
-
-    pub(crate) fn header_names(&self) -> Vec<String> {
-        self.message.borrow().names()
+    pub(crate) fn header_block(&self) -> Vec<u8> {
+        self.message.borrow().block()
     }
 
     pub(crate) fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {

@@ -120,6 +120,20 @@ pub fn header_names(headers: &HeaderMap) -> Vec<String> {
     headers.keys().map(|k| k.as_str().to_owned()).collect()
 }
 
+/// Every field line in one buffer (the WIT's `header-block`), laid out as
+/// `adc_sdk::headers` reads it.
+pub fn header_block(headers: &HeaderMap) -> Vec<u8> {
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| 6 + n.as_str().len() + v.len())
+        .sum();
+    let mut block = Vec::with_capacity(size);
+    for (name, value) in headers {
+        adc_sdk::headers::push_line(&mut block, name.as_str(), value.as_bytes());
+    }
+    block
+}
+
 /// Header values are bytes; a policy sees them as text, invalid UTF-8
 /// replaced.
 fn value_text(value: &HeaderValue) -> String {
@@ -174,4 +188,31 @@ pub fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(adc_sdk::text::parse_cookies)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SDK reads headers from the block: it must give what `header`
+    /// and `header-values` give, repeated lines and raw bytes included.
+    #[test]
+    fn the_header_block_reads_as_the_single_header_calls_do() {
+        let mut m = HeaderMap::new();
+        m.append("set-cookie", HeaderValue::from_static("a=1; Path=/"));
+        m.append("Accept", HeaderValue::from_static("*/*"));
+        m.append("set-cookie", HeaderValue::from_static("b=2"));
+        m.append("x-raw", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        m.append("x-empty", HeaderValue::from_static(""));
+        let block = header_block(&m);
+        for name in ["set-cookie", "ACCEPT", "x-raw", "x-empty", "x-missing"] {
+            assert_eq!(adc_sdk::headers::first(&block, name), header(&m, name), "{name}");
+            assert_eq!(
+                adc_sdk::headers::values(&block, name),
+                header_values(&m, name),
+                "{name}"
+            );
+        }
+        assert_eq!(adc_sdk::headers::names(&block), header_names(&m));
+    }
 }

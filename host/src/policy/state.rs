@@ -429,6 +429,12 @@ impl whttp::HostRequest for StoreState {
             .unwrap_or_default()
     }
 
+    fn header_block(&mut self, _: Resource<RequestRef>) -> Vec<u8> {
+        self.exchange()
+            .map(|e| exchange::header_block(&e.request.headers))
+            .unwrap_or_default()
+    }
+
     fn set_header(
         &mut self,
         _: Resource<RequestRef>,
@@ -527,6 +533,12 @@ impl whttp::HostResponse for StoreState {
     fn header_names(&mut self, _: Resource<ResponseRef>) -> Vec<String> {
         self.response()
             .map(|r| exchange::header_names(&r.headers))
+            .unwrap_or_default()
+    }
+
+    fn header_block(&mut self, _: Resource<ResponseRef>) -> Vec<u8> {
+        self.response()
+            .map(|r| exchange::header_block(&r.headers))
             .unwrap_or_default()
     }
 
