@@ -34,8 +34,37 @@ pub fn policy(name: &str) -> PathBuf {
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("ADC_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
+        .with_writer(|| KeptLog)
+        .with_ansi(false)
         .try_init();
+}
+
+/// What adc logged in this test process (at the level `ADC_LOG` lets
+/// through, `warn` by default), for tests that check a log line. Tests run
+/// side by side, so look for text only your test causes.
+pub fn logged() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the log for [`logged`] (up to 16 MiB) and prints it where the test
+/// harness captures it.
+struct KeptLog;
+
+impl std::io::Write for KeptLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() + buf.len() <= 16 << 20 {
+            log.extend_from_slice(buf);
+        }
+        eprint!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A backend that answers with its name; counts the requests it served.

@@ -94,6 +94,16 @@ async fn a_panic_fails_one_request_and_fail_open_skips_the_policy() {
     assert_eq!(failed.status(), 500);
     assert_eq!(next.status(), 200);
     assert!(fault_count(&adc, "trap").await >= 1);
+    // The SDK's panic hook sends the message and where it was raised to
+    // the host log before the trap.
+    let log = adc_tests::logged();
+    let line = log
+        .lines()
+        .find(|l| l.contains("fixture panic on purpose"))
+        .unwrap_or_else(|| panic!("no panic message in the log:\n{log}"));
+    assert!(line.contains("panicked at "), "{line}");
+    assert!(line.contains("src/lib.rs:"), "the source location: {line}");
+    assert!(line.contains("ERROR"), "logged as an error: {line}");
 
     let (_adc, skipped, _) = hostile("fixture-panicky", "/panic", "fail_open = true").await;
     assert_eq!(
