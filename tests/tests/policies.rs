@@ -219,3 +219,39 @@ async fn a_policy_that_reroutes_on_every_choice_cannot_hold_a_request_forever() 
     assert_eq!(answer.status(), 200);
     assert_eq!(a.hits() + b.hits(), 1);
 }
+
+/// Hook metrics cover what runs: `init` is counted, and a hook the policy
+/// does not have gets no series (it is never called).
+#[tokio::test]
+async fn hook_metrics_count_init_and_leave_out_hooks_the_policy_lacks() {
+    policy("fixture-noop");
+    let b = backend("b1").await;
+    let config = listener("web", &["hookcount"])
+        + &pool("web", "round_robin", &[&b])
+        + &config_with("hookcount", "fixture-noop.wasm", "");
+    let adc = Adc::start(&config).await;
+    let response = client().get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let calls = |hook: &'static str| {
+        let adc = &adc;
+        async move {
+            adc.metric(
+                "adc_policy_hook_calls_total",
+                &[("policy", "hookcount"), ("hook", hook)],
+            )
+            .await
+        }
+    };
+    assert!(calls("init").await >= 1.0, "init runs once per instance");
+    assert_eq!(calls("request_headers").await, 1.0);
+    let text = adc.metrics_text().await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("policy=\"hookcount\""))
+        .filter(|l| l.contains("hook=\"response_headers\"") || l.contains("hook=\"end\""))
+        .collect();
+    assert!(
+        series.is_empty(),
+        "series for hooks never called: {series:?}"
+    );
+}

@@ -48,6 +48,28 @@ struct HookMetrics {
     duration: metrics::Histogram,
 }
 
+impl HookMetrics {
+    fn new(policy: &str, version: &str, hook: Hook) -> HookMetrics {
+        let labels = [
+            ("policy", policy.to_owned()),
+            ("version", version.to_owned()),
+            ("hook", hook.name().to_owned()),
+        ];
+        HookMetrics {
+            calls: metrics::counter!("adc_policy_hook_calls_total", &labels),
+            duration: metrics::histogram!("adc_policy_hook_duration_seconds", &labels),
+        }
+    }
+
+    /// For a hook the policy does not have: records nothing, so no series.
+    fn none() -> HookMetrics {
+        HookMetrics {
+            calls: metrics::Counter::noop(),
+            duration: metrics::Histogram::noop(),
+        }
+    }
+}
+
 /// One version of a policy, ready to run on any worker.
 pub struct LoadedPolicy {
     id: u64,
@@ -94,18 +116,13 @@ impl LoadedPolicy {
         options: PolicyOptions,
     ) -> Result<Arc<LoadedPolicy>, LoadError> {
         let labels = [("policy", name.to_owned()), ("version", version.clone())];
+        // Series for init now; for the other hooks once the registration
+        // says which the policy has (the host calls no other).
         let hook_metrics = Hook::ALL
             .iter()
-            .map(|h| {
-                let labels = [
-                    ("policy", name.to_owned()),
-                    ("version", version.clone()),
-                    ("hook", h.name().to_owned()),
-                ];
-                HookMetrics {
-                    calls: metrics::counter!("adc_policy_hook_calls_total", &labels),
-                    duration: metrics::histogram!("adc_policy_hook_duration_seconds", &labels),
-                }
+            .map(|&h| match h {
+                Hook::Init => HookMetrics::new(name, &version, h),
+                _ => HookMetrics::none(),
             })
             .collect();
         let streaming = StreamingIndices::new(pre.instance_pre()).ok();
@@ -130,6 +147,16 @@ impl LoadedPolicy {
         // the policy keeps it.
         let instance = policy.instantiate()?;
         policy.registration = instance.1;
+        for (&hook, metrics) in Hook::ALL.iter().zip(&mut policy.hook_metrics) {
+            let called = match hook {
+                Hook::Init => false,
+                Hook::ResponseChunk => policy.streaming.is_some(),
+                _ => policy.registration.hooks.contains(hook.flag()),
+            };
+            if called {
+                *metrics = HookMetrics::new(name, &policy.version, hook);
+            }
+        }
         let policy = Arc::new(policy);
         let mut instance = instance.0;
         instance.policy_id = policy.id;
@@ -224,10 +251,14 @@ impl LoadedPolicy {
             store.data_mut().streaming = Some(guest);
         }
         Self::arm(&mut store);
-        let registration = match bindings
+        let metrics = &self.hook_metrics[Hook::Init as usize];
+        metrics.calls.increment(1);
+        let started = quanta::Instant::now();
+        let init = bindings
             .adc_policy_handler()
-            .call_init(&mut store, &self.options.settings_json)
-        {
+            .call_init(&mut store, &self.options.settings_json);
+        metrics.duration.record(started.elapsed().as_secs_f64());
+        let registration = match init {
             Ok(Ok(r)) => r,
             Ok(Err(message)) => return Err(LoadError::Init(message)),
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
