@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 // A proxy allocates and frees small buffers on every request, from every
 // worker thread: mimalloc's per-thread heaps do that with less work and
-// less lock traffic than the system allocator.
+// less lock traffic than the system allocator. It is built without
+// transparent huge pages (the workspace's `no_thp`): with them an idle adc
+// held 5-30 MiB more and each idle client 9 KiB more.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
