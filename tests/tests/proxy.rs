@@ -320,6 +320,33 @@ fn adc_check_names_the_line_of_a_refusal_that_involves_two_sections() {
     }
 }
 
+#[tokio::test]
+async fn an_http2_preface_sent_in_two_pieces_is_still_served_as_http2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let mut s = tokio::net::TcpStream::connect(adc.running.listeners["web"])
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    s.write_all(&preface[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    s.write_all(&preface[10..]).await.unwrap();
+    // An empty SETTINGS frame: the client's half of the connection preface.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        !head.starts_with(b"HTTP/1"),
+        "answered as HTTP/1.1: {head:?}"
+    );
+    assert_eq!(head[3], 4, "the server's SETTINGS frame: {head:?}");
+}
+
 /// Send raw bytes and return the status line of the answer.
 async fn raw(addr: std::net::SocketAddr, request: impl AsRef<[u8]> + Send + 'static) -> String {
     tokio::task::spawn_blocking(move || {
