@@ -206,9 +206,14 @@ impl Pool {
         self.members.iter().find(|m| m.name == name)
     }
 
+    /// Whether the load-balancing method has a member to pick: one that is
+    /// available and of weight above 0 (what `pools.available` tells a
+    /// policy).
     pub fn any_available(&self) -> bool {
         let now = self.now_ms();
-        self.members.iter().any(|m| m.available(now))
+        self.members
+            .iter()
+            .any(|m| m.weight > 0 && m.available(now))
     }
 
     /// Choose a member, skipping `exclude` (members already tried).
@@ -389,6 +394,16 @@ mod tests {
         let p = pool("round_robin", &[1, 0]);
         assert!(p.members[1].available(p.now_ms()));
         assert!(p.any_available());
+    }
+
+    /// A pool whose only available members have weight 0 answers a
+    /// load-balanced request with 503, so policies (the maintenance page)
+    /// must see it as down.
+    #[test]
+    fn a_pool_of_weight_zero_members_is_not_available() {
+        for method in METHODS {
+            assert!(!pool(method, &[0, 0]).any_available(), "{method}");
+        }
     }
 
     #[test]
