@@ -995,6 +995,34 @@ async fn waf_in_log_mode_lets_the_request_through_and_counts_it() {
     assert_eq!(app.hits(), 2);
 }
 
+#[tokio::test]
+async fn waf_answers_a_mebibyte_of_hostile_text_within_its_cpu_budget() {
+    // Quotes and unclosed tags once made the scans quadratic: such a body
+    // ran out of the CPU budget and was answered 500.
+    let (adc, app) = waf_adc("waf-large", "").await;
+    let (open, _) = waf_adc(
+        "waf-large-open",
+        "disable = [\"body-over-inspection-limit\"]\n",
+    )
+    .await;
+    let body = "He said 'yes'; <a title='x' ".repeat(1024 * 1024 / 28);
+    let post = |adc: &Adc| {
+        client()
+            .post(adc.url("web", "/notes"))
+            .header("content-type", "text/plain")
+            .body(body.clone())
+            .send()
+    };
+    let r = post(&adc).await.unwrap();
+    assert_eq!(
+        waf_verdict(r).await.as_deref(),
+        Some("body-over-inspection-limit")
+    );
+    assert_eq!(app.hits(), 0);
+    // Without that rule, its first 64 KiB are inspected, and it goes on.
+    assert_eq!(waf_verdict(post(&open).await.unwrap()).await, None);
+}
+
 // ---------------------------------------------------------------- ratelimit
 
 async fn ratelimit_adc(instance: &str, settings: &str) -> (Adc, Backend) {

@@ -130,22 +130,19 @@ fn boundary(content_type: &str) -> Option<String> {
     })
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// The text parts of a multipart body, and the file names of every part.
 /// A part whose own content type is not text (an uploaded image) is
 /// skipped.
 fn parts(body: &[u8], boundary: &str) -> Vec<Value> {
     let delimiter = format!("--{boundary}");
+    let find = memchr::memmem::Finder::new(delimiter.as_bytes());
     let mut out = Vec::new();
     let mut rest = body;
-    while let Some(at) = find(rest, delimiter.as_bytes()) {
+    while let Some(at) = find.find(rest) {
         rest = &rest[at + delimiter.len()..];
-        let end = find(rest, delimiter.as_bytes()).unwrap_or(rest.len());
+        let end = find.find(rest).unwrap_or(rest.len());
         let part = &rest[..end];
-        let Some(split) = find(part, b"\r\n\r\n") else {
+        let Some(split) = memchr::memmem::find(part, b"\r\n\r\n") else {
             continue;
         };
         let headers = String::from_utf8_lossy(&part[..split]).to_ascii_lowercase();

@@ -90,6 +90,9 @@ fn decode(raw: &[u8], form: bool, rounds: u8) -> (Vec<u8>, bool) {
 /// Replace two- and three-byte overlong encodings of ASCII by the ASCII
 /// byte; true when one was found.
 fn fold_overlong(bytes: &mut Vec<u8>) -> bool {
+    if memchr::memchr3(0xc0, 0xc1, 0xe0, bytes).is_none() {
+        return false;
+    }
     let cont = |b: Option<&u8>| b.is_some_and(|b| (0x80..=0xbf).contains(b));
     let mut out = Vec::with_capacity(bytes.len());
     let mut found = false;
@@ -118,6 +121,28 @@ fn fold_overlong(bytes: &mut Vec<u8>) -> bool {
 
 /// Collapse every run of whitespace into one space.
 pub(crate) fn collapse_whitespace(text: &str) -> String {
+    if !text.is_ascii() {
+        return collapse_unicode_whitespace(text);
+    }
+    // ASCII alone, byte by byte: `char::is_whitespace` there is the ASCII
+    // whitespace and the vertical tab.
+    let mut out = Vec::with_capacity(text.len());
+    let mut in_space = false;
+    for &b in text.as_bytes() {
+        if b.is_ascii_whitespace() || b == 0x0b {
+            if !in_space {
+                out.push(b' ');
+            }
+            in_space = true;
+        } else {
+            out.push(b);
+            in_space = false;
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn collapse_unicode_whitespace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
     for c in text.chars() {
@@ -138,11 +163,16 @@ pub(crate) fn collapse_whitespace(text: &str) -> String {
 fn strip_sql_comments(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(['/', '-', '#']) {
+    // Once a `/*` finds no `*/`, no later one will: the text is not read
+    // to its end again for each.
+    let mut unclosed = false;
+    while let Some(at) = memchr::memchr3(b'/', b'-', b'#', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         if let Some(body) = tail.strip_prefix("/*") {
-            match body.find("*/") {
+            let end = if unclosed { None } else { body.find("*/") };
+            unclosed = end.is_none();
+            match end {
                 Some(end) => {
                     // `/*!50000 select */` runs its body on MySQL.
                     let inner = &body[..end];
@@ -248,10 +278,14 @@ pub(crate) fn normalize(raw: &[u8], form: bool, rounds: u8) -> Normalized {
     lower.make_ascii_lowercase();
 
     let referenced = decode_references(&lower).to_ascii_lowercase();
-    let url = referenced
-        .chars()
-        .filter(|c| !matches!(c, '\t' | '\n' | '\r' | '\0'))
-        .collect();
+    // Only ASCII bytes go: what is left is UTF-8 still.
+    let url = String::from_utf8(
+        referenced
+            .bytes()
+            .filter(|b| !matches!(b, b'\t' | b'\n' | b'\r' | 0))
+            .collect(),
+    )
+    .unwrap_or_default();
     Normalized {
         text: collapse_whitespace(&lower),
         sql: collapse_whitespace(&strip_sql_comments(&lower)),
@@ -266,6 +300,16 @@ pub(crate) fn normalize(raw: &[u8], form: bool, rounds: u8) -> Normalized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_whitespace_collapses_as_unicode_whitespace_does() {
+        let text: String = (0u8..128).map(char::from).cycle().take(1000).collect();
+        let spaced = format!("a \t\x0b\x0c\r\n b{text}  ");
+        for t in [text.as_str(), spaced.as_str()] {
+            assert_eq!(collapse_whitespace(t), collapse_unicode_whitespace(t));
+        }
+        assert_eq!(collapse_whitespace("a\u{a0}\u{2003} b"), "a b");
+    }
 
     #[test]
     fn values_are_decoded_until_stable_within_the_bound() {

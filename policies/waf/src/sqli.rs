@@ -21,8 +21,11 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'@' | b'$')
 }
 
+/// A word of the `sql` form and its byte offset.
+type Word<'a> = (usize, &'a str);
+
 /// The words of `s` with their byte offsets.
-fn words(s: &str) -> Vec<(usize, &str)> {
+fn words(s: &str) -> Vec<Word<'_>> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -68,9 +71,31 @@ impl Operand<'_> {
     }
 }
 
+/// Where the next `)` is, remembered between questions asked in order
+/// along a text, so that many unclosed calls cost one scan, not one each.
+#[derive(Default)]
+struct Closing {
+    /// The last question (from where) and its answer.
+    last: Option<(usize, Option<usize>)>,
+}
+
+impl Closing {
+    fn after(&mut self, b: &[u8], from: usize) -> Option<usize> {
+        if let Some((asked, found)) = self.last {
+            // No `)` between `asked` and `found`: none before it from here.
+            if asked <= from && found.is_none_or(|at| from <= at) {
+                return found;
+            }
+        }
+        let found = (from..b.len()).find(|&j| b[j] == b')');
+        self.last = Some((from, found));
+        found
+    }
+}
+
 /// The operand starting at `i`, and where it ends. A name followed by `(`
 /// is a call and takes its arguments with it.
-fn operand(b: &[u8], i: usize) -> Option<(usize, Operand<'_>)> {
+fn operand<'b>(b: &'b [u8], i: usize, closing: &mut Closing) -> Option<(usize, Operand<'b>)> {
     let first = *b.get(i)?;
     if first == b'\'' || first == b'"' {
         let end = (i + 1..b.len()).find(|&j| b[j] == first).unwrap_or(b.len());
@@ -90,9 +115,7 @@ fn operand(b: &[u8], i: usize) -> Option<(usize, Operand<'_>)> {
     let mut end = i + name.len();
     let open = skip(b, end, b" ");
     if b.get(open) == Some(&b'(') {
-        end = (open..b.len())
-            .find(|&j| b[j] == b')')
-            .map_or(b.len(), |j| j + 1);
+        end = closing.after(b, open).map_or(b.len(), |j| j + 1);
     }
     Some((end, Operand::Name(name)))
 }
@@ -145,6 +168,7 @@ fn breakout_quotes(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
 /// `' order by 3`.
 fn quote_breakout(sql: &str) -> bool {
     let b = sql.as_bytes();
+    let mut closing = Closing::default();
     breakout_quotes(b).any(|q| {
         let j = skip(b, q + 1, b" )");
         if word_at(b, j) == b"order" || word_at(b, j) == b"group" {
@@ -156,7 +180,7 @@ fn quote_breakout(sql: &str) -> bool {
         let Some(k) = logic(b, j).or(having.then_some(j + 6)) else {
             return false;
         };
-        let Some((end, left)) = operand(b, skip(b, k, b" (")) else {
+        let Some((end, left)) = operand(b, skip(b, k, b" ("), &mut closing) else {
             return false;
         };
         let after = skip(b, end, b" )");
@@ -167,17 +191,17 @@ fn quote_breakout(sql: &str) -> bool {
 
 /// `or 1=1`, `and 'x'='x'`, `or 2<>3`: a boolean operator followed by a
 /// comparison of two literals that is always true.
-fn tautology(sql: &str) -> bool {
+fn tautology(sql: &str, ws: &[Word]) -> bool {
     let b = sql.as_bytes();
-    words(sql)
-        .into_iter()
+    let mut closing = Closing::default();
+    ws.iter()
         .filter(|(_, w)| matches!(*w, "or" | "and" | "xor"))
         .any(|(at, w)| {
-            let check = || -> Option<bool> {
-                let (end, left) = operand(b, skip(b, at + w.len(), b" ("))?;
+            let mut check = || -> Option<bool> {
+                let (end, left) = operand(b, skip(b, at + w.len(), b" ("), &mut closing)?;
                 let op_at = skip(b, end, b" ");
                 let op_end = comparison(b, op_at)?;
-                let (_, right) = operand(b, skip(b, op_end, b" "))?;
+                let (_, right) = operand(b, skip(b, op_end, b" "), &mut closing)?;
                 if !(left.is_literal() && right.is_literal()) || matches!(left, Operand::Name(_)) {
                     return Some(false);
                 }
@@ -206,15 +230,14 @@ fn comment_after_quote(text: &str) -> bool {
 }
 
 /// `; drop table`, `; insert into`, `; exec xp_...`.
-fn stacked_query(sql: &str) -> bool {
-    let ws = words(sql);
+fn stacked_query(sql: &str, ws: &[Word]) -> bool {
+    // The first word after the `;`: both go forward together.
+    let mut w = 0;
     sql.match_indices(';').any(|(at, _)| {
-        let next: Vec<&str> = ws
-            .iter()
-            .filter(|(p, _)| *p > at)
-            .take(3)
-            .map(|(_, w)| *w)
-            .collect();
+        while ws.get(w).is_some_and(|(p, _)| *p <= at) {
+            w += 1;
+        }
+        let next: Vec<&str> = ws[w..].iter().take(3).map(|(_, w)| *w).collect();
         let (first, second, third) = (
             next.first().copied(),
             next.get(1).copied(),
@@ -252,9 +275,8 @@ fn stacked_query(sql: &str) -> bool {
 }
 
 /// Calls and clauses used for timing, file access and error-based probing.
-fn functions(sql: &str) -> bool {
+fn functions(sql: &str, ws: &[Word]) -> bool {
     let b = sql.as_bytes();
-    let ws = words(sql);
     let call = |at: usize, name: &str| {
         let open = skip(b, at + name.len(), b" ");
         (b.get(open) == Some(&b'(')).then(|| skip(b, open + 1, b" "))
@@ -281,7 +303,7 @@ fn functions(sql: &str) -> bool {
 }
 
 /// Names of the catalogues an attacker reads to map the database.
-fn schema(sql: &str) -> bool {
+fn schema(sql: &str, ws: &[Word]) -> bool {
     const NAMES: [&str; 6] = [
         "information_schema",
         "sqlite_master",
@@ -290,11 +312,10 @@ fn schema(sql: &str) -> bool {
         "syscolumns",
         "all_tables",
     ];
-    words(sql).iter().any(|(_, w)| NAMES.contains(w)) || sql.contains("mysql.user")
+    ws.iter().any(|(_, w)| NAMES.contains(w)) || sql.contains("mysql.user")
 }
 
-fn union_select(sql: &str) -> bool {
-    let ws = words(sql);
+fn union_select(ws: &[Word]) -> bool {
     ws.iter().enumerate().any(|(i, (_, w))| {
         *w == "union" && {
             let mut next = ws.iter().skip(i + 1).map(|(_, w)| *w);
@@ -308,19 +329,20 @@ fn union_select(sql: &str) -> bool {
 
 /// The first SQL injection rule `v` meets.
 pub(crate) fn detect(v: &Normalized) -> Option<&'static str> {
-    if union_select(&v.sql) {
+    let ws = words(&v.sql);
+    if union_select(&ws) {
         Some("sqli-union-select")
     } else if quote_breakout(&v.sql) {
         Some("sqli-quote-breakout")
-    } else if tautology(&v.sql) {
+    } else if tautology(&v.sql, &ws) {
         Some("sqli-tautology")
     } else if comment_after_quote(&v.text) {
         Some("sqli-comment")
-    } else if stacked_query(&v.sql) {
+    } else if stacked_query(&v.sql, &ws) {
         Some("sqli-stacked-query")
-    } else if functions(&v.sql) {
+    } else if functions(&v.sql, &ws) {
         Some("sqli-function")
-    } else if schema(&v.sql) {
+    } else if schema(&v.sql, &ws) {
         Some("sqli-schema")
     } else {
         None
