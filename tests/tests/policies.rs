@@ -248,7 +248,11 @@ async fn hook_metrics_count_init_and_leave_out_hooks_the_policy_lacks() {
     let series: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("policy=\"hookcount\""))
-        .filter(|l| l.contains("hook=\"response_headers\"") || l.contains("hook=\"end\""))
+        .filter(|l| {
+            ["response_headers", "end", "response_chunk"]
+                .iter()
+                .any(|h| l.contains(&format!("hook=\"{h}\"")))
+        })
         .collect();
     assert!(
         series.is_empty(),

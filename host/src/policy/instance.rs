@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use wasmtime::component::Resource;
@@ -83,6 +83,10 @@ pub struct LoadedPolicy {
     registration: Registration,
     loaded_at: SystemTime,
     hook_metrics: Vec<HookMetrics>,
+    /// `response_chunk` runs only for responses a policy chose to stream
+    /// (every SDK-built policy exports it), so its series start at its
+    /// first call.
+    chunk_metrics: OnceLock<HookMetrics>,
     labels: [(&'static str, String); 2],
 }
 
@@ -141,6 +145,7 @@ impl LoadedPolicy {
             },
             loaded_at: SystemTime::now(),
             hook_metrics,
+            chunk_metrics: OnceLock::new(),
             labels,
         };
         // A first instance proves that start-up works; the worker that loads
@@ -149,8 +154,7 @@ impl LoadedPolicy {
         policy.registration = instance.1;
         for (&hook, metrics) in Hook::ALL.iter().zip(&mut policy.hook_metrics) {
             let called = match hook {
-                Hook::Init => false,
-                Hook::ResponseChunk => policy.streaming.is_some(),
+                Hook::Init | Hook::ResponseChunk => false,
                 _ => policy.registration.hooks.contains(hook.flag()),
             };
             if called {
@@ -303,7 +307,12 @@ impl LoadedPolicy {
                 }
             };
 
-            let metrics = &self.hook_metrics[hook as usize];
+            let metrics = match hook {
+                Hook::ResponseChunk => self.chunk_metrics.get_or_init(|| {
+                    HookMetrics::new(&self.name, &self.version, Hook::ResponseChunk)
+                }),
+                _ => &self.hook_metrics[hook as usize],
+            };
             metrics.calls.increment(1);
             // The CPU's cycle counter, not the system clock: two clock
             // reads were a tenth of an empty hook call.
