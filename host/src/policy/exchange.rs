@@ -206,7 +206,11 @@ mod tests {
         m.append("x-empty", HeaderValue::from_static(""));
         let block = header_block(&m);
         for name in ["set-cookie", "ACCEPT", "x-raw", "x-empty", "x-missing"] {
-            assert_eq!(adc_sdk::headers::first(&block, name), header(&m, name), "{name}");
+            assert_eq!(
+                adc_sdk::headers::first(&block, name),
+                header(&m, name),
+                "{name}"
+            );
             assert_eq!(
                 adc_sdk::headers::values(&block, name),
                 header_values(&m, name),

@@ -145,9 +145,17 @@ impl Policy for Rewrite {
         if !self.settings.response_headers.is_empty() {
             apply_response(&self.settings.response_headers, resp);
         }
-        if self.body.as_ref().is_some_and(|b| b.applies(resp)) {
+        // A 206 carries a slice of the backend's body: substituting in it
+        // would break the byte ranges the client puts together.
+        if resp.status() != 206 && self.body.as_ref().is_some_and(|b| b.applies(resp)) {
             // Refused only for a response without a body (to HEAD, 204, 304).
-            let _ = resp.stream_body();
+            if resp.stream_body().is_ok() {
+                // The body sent is no longer the one the backend's validator
+                // and byte ranges describe: a cache or a client resuming a
+                // download would mix the two.
+                resp.remove_header("etag");
+                let _ = resp.set_header("accept-ranges", "none");
+            }
         }
         Decision::Continue
     }
@@ -234,6 +242,34 @@ mod tests {
             host.stream_body(&policy, &req, &json, &[b"http://x"]),
             b"http://x"
         );
+    }
+
+    #[test]
+    fn a_substituted_body_loses_its_validator_and_ranges_and_a_206_is_left_alone() {
+        let host = TestHost::new();
+        let policy: Rewrite = host
+            .init(r#"{"body": {"content_types": ["text/html"], "replace": [{"from": "a", "to": "b"}]}}"#)
+            .unwrap();
+        let req = MockRequest::get("/");
+        let whole = MockResponse::new(200)
+            .with_header("content-type", "text/html")
+            .with_header("etag", "\"v1\"")
+            .with_header("accept-ranges", "bytes");
+        policy.on_response_headers(&req.as_request(), &whole.as_response());
+        assert!(whole.streams());
+        let headers = whole.headers();
+        assert!(!headers.iter().any(|(n, _)| n == "etag"), "{headers:?}");
+        assert!(
+            headers.contains(&("accept-ranges".into(), "none".into())),
+            "{headers:?}"
+        );
+
+        let part = MockResponse::new(206)
+            .with_header("content-type", "text/html")
+            .with_header("etag", "\"v1\"");
+        policy.on_response_headers(&req.as_request(), &part.as_response());
+        assert!(!part.streams());
+        assert!(part.headers().iter().any(|(n, _)| n == "etag"));
     }
 
     #[test]
