@@ -163,14 +163,19 @@ fn shipped(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let engine = Engine::new(Default::default()).expect("engine");
     let mut group = c.benchmark_group("shipped");
-    for name in [
-        "router",
-        "sticky",
-        "waf",
-        "ratelimit",
-        "rewrite",
-        "maintenance",
-    ] {
+    // Every crate under policies/ is a shipped policy.
+    let mut names: Vec<String> = std::fs::read_dir(root.join("policies"))
+        .expect("the policies folder")
+        .map(|e| {
+            e.expect("a folder entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    for name in &names {
+        let name = name.as_str();
         let example = root.join(format!("examples/{name}.toml"));
         let mut config = adc::config::Config::load(&example)
             .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
