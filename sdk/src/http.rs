@@ -37,7 +37,10 @@ impl std::fmt::Display for EditError {
 impl std::error::Error for EditError {}
 
 /// The client's request, held by the host. Reading a value copies only that
-/// value into the policy. Header names match without regard to case.
+/// value into the policy, except headers: the first header read in a hook
+/// copies every field line at once (one host call, see [`crate::headers`])
+/// and later reads in the hook use that copy until the request is edited.
+/// Header names match without regard to case.
 pub struct Request<'a>(&'a sys::Request, Block);
 
 impl<'a> Request<'a> {
