@@ -134,7 +134,7 @@ impl Policy for Rewrite {
         Decision::Continue
     }
 
-    fn on_response_headers(&self, _req: &Request, resp: &Response) -> Decision {
+    fn on_response_headers(&self, req: &Request, resp: &Response) -> Decision {
         if !self.settings.location.is_empty() {
             if let Some(location) = resp.header("location") {
                 if let Some(mapped) = replace_prefix(&self.settings.location, &location) {
@@ -148,12 +148,15 @@ impl Policy for Rewrite {
         // A 206 carries a slice of the backend's body: substituting in it
         // would break the byte ranges the client puts together.
         if resp.status() != 206 && self.body.as_ref().is_some_and(|b| b.applies(resp)) {
-            // Refused only for a response without a body (to HEAD, 204, 304).
-            if resp.stream_body().is_ok() {
-                // The body sent is no longer the one the backend's validator
+            // Refused only for a response without a body (to HEAD, 204, 304);
+            // an answer to HEAD still describes the GET one, so it loses the
+            // same headers.
+            if resp.stream_body().is_ok() || req.method() == "HEAD" {
+                // The body sent is no longer the one the backend's validators
                 // and byte ranges describe: a cache or a client resuming a
                 // download would mix the two.
                 resp.remove_header("etag");
+                resp.remove_header("last-modified");
                 let _ = resp.set_header("accept-ranges", "none");
             }
         }
@@ -254,11 +257,36 @@ mod tests {
         let whole = MockResponse::new(200)
             .with_header("content-type", "text/html")
             .with_header("etag", "\"v1\"")
+            .with_header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")
             .with_header("accept-ranges", "bytes");
         policy.on_response_headers(&req.as_request(), &whole.as_response());
         assert!(whole.streams());
         let headers = whole.headers();
         assert!(!headers.iter().any(|(n, _)| n == "etag"), "{headers:?}");
+        assert!(
+            headers.contains(&("accept-ranges".into(), "none".into())),
+            "{headers:?}"
+        );
+
+        assert!(
+            !headers.iter().any(|(n, _)| n == "last-modified"),
+            "{headers:?}"
+        );
+
+        // HEAD gets the headers GET would.
+        let head = MockRequest::new("HEAD", "/");
+        let described = MockResponse::new(200)
+            .with_header("content-type", "text/html")
+            .with_header("etag", "\"v1\"")
+            .with_header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT");
+        policy.on_response_headers(&head.as_request(), &described.as_response());
+        let headers = described.headers();
+        assert!(
+            !headers
+                .iter()
+                .any(|(n, _)| n == "etag" || n == "last-modified"),
+            "{headers:?}"
+        );
         assert!(
             headers.contains(&("accept-ranges".into(), "none".into())),
             "{headers:?}"
