@@ -100,7 +100,9 @@ async fn route(
             return refused;
         }
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Exactly the documented paths: `/metrics/`, `//status` or a drain
+    // with a trailing slash are other paths (404), not aliases.
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let Some(allowed) = methods_of(&segments) else {
         return answer(StatusCode::NOT_FOUND, "text/plain", "not found\n");
     };

@@ -267,8 +267,17 @@ async fn an_admin_path_asked_with_the_wrong_method_gets_405_with_allow() {
     }
     let head = http.head(adc.admin("/status")).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    for path in ["/nothing", "/pools/web/members/m0/remove"] {
+    for path in [
+        "/nothing",
+        "/pools/web/members/m0/remove",
+        "/pools/web/members/m0/drain/",
+        "//reload",
+    ] {
         let r = http.post(adc.admin(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    for path in ["/metrics/", "//status"] {
+        let r = http.get(adc.admin(path)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
     assert_eq!(b.hits(), 0);
