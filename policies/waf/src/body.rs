@@ -137,6 +137,13 @@ fn parts(body: &[u8], boundary: &str) -> Vec<Value> {
     let delimiter = format!("--{boundary}");
     let find = memchr::memmem::Finder::new(delimiter.as_bytes());
     let mut out = Vec::new();
+    // What comes before the first delimiter is no part, yet a backend whose
+    // parser sees another boundary may read it as one: it is inspected as
+    // text. A body without any delimiter is therefore inspected whole.
+    let preamble = &body[..find.find(body).unwrap_or(body.len())];
+    if !preamble.iter().all(u8::is_ascii_whitespace) {
+        out.push(Value::raw(preamble));
+    }
     let mut rest = body;
     while let Some(at) = find.find(rest) {
         rest = &rest[at + delimiter.len()..];
@@ -208,6 +215,24 @@ mod tests {
             texts(values),
             ["name", "a\"b", "html", "<script>", "n", "list", "x\\y"]
         );
+    }
+
+    #[test]
+    fn a_multipart_body_without_its_declared_boundary_is_read_whole() {
+        let body = b"--yyy\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n<script>x</script>\r\n--yyy--\r\n";
+        let got = texts(values(
+            Kind::Multipart,
+            body,
+            "multipart/form-data; boundary=zzz",
+        ));
+        assert!(got.iter().any(|v| v.contains("<script>")), "{got:?}");
+        let preamble = b"<script>x</script>\r\n--zzz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nok\r\n--zzz--\r\n";
+        let got = texts(values(
+            Kind::Multipart,
+            preamble,
+            "multipart/form-data; boundary=zzz",
+        ));
+        assert!(got.iter().any(|v| v.contains("<script>")), "{got:?}");
     }
 
     #[test]
