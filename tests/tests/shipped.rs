@@ -799,11 +799,16 @@ async fn waf_count(adc: &Adc, instance: &str, rule: &str, action: &str) -> f64 {
 }
 
 async fn waf_adc(instance: &str, settings: &str) -> (Adc, Backend) {
+    waf_adc_budget(instance, settings, "10ms").await
+}
+
+/// A waf instance with a CPU budget per hook call other than the default.
+async fn waf_adc_budget(instance: &str, settings: &str, budget: &str) -> (Adc, Backend) {
     policy("waf");
     let b = backend("app").await;
     let config = listener("web", &[instance])
         + &pool("web", "round_robin", &[&b])
-        + &shipped(instance, "waf", settings);
+        + &format!("\n[policies.{instance}]\nfile = \"waf.wasm\"\ncpu_budget = \"{budget}\"\n\n[policies.{instance}.settings]\n{settings}\n");
     (Adc::start(&config).await, b)
 }
 
@@ -1003,22 +1008,11 @@ async fn waf_answers_a_mebibyte_of_hostile_text_within_its_cpu_budget() {
     // default on a quiet machine, but a busy one (parallel tests, a shared
     // host charging stolen time to the thread) can stretch it past 10,
     // while a quadratic scan still takes minutes.
-    async fn waf_with_budget(instance: &str, settings: &str) -> (Adc, Backend) {
-        policy("waf");
-        let b = backend("app").await;
-        let section = shipped(instance, "waf", settings).replacen(
-            "file = \"waf.wasm\"\n",
-            "file = \"waf.wasm\"\ncpu_budget = \"100ms\"\n",
-            1,
-        );
-        assert!(section.contains("cpu_budget"), "{section}");
-        let config = listener("web", &[instance]) + &pool("web", "round_robin", &[&b]) + &section;
-        (Adc::start(&config).await, b)
-    }
-    let (adc, app) = waf_with_budget("waf-large", "").await;
-    let (open, _) = waf_with_budget(
+    let (adc, app) = waf_adc_budget("waf-large", "", "100ms").await;
+    let (open, _) = waf_adc_budget(
         "waf-large-open",
         "disable = [\"body-over-inspection-limit\"]\n",
+        "100ms",
     )
     .await;
     let body = "He said 'yes'; <a title='x' ".repeat(1024 * 1024 / 28);
