@@ -4,6 +4,7 @@
 //! Every listener kind (cleartext HTTP/1.1 and HTTP/2 here; TLS and HTTP/3
 //! when they come) hands its requests to [`handle`].
 
+mod delivery;
 mod hop;
 pub(crate) mod requests;
 mod stream;
@@ -319,6 +320,8 @@ struct Served {
     route: Option<Arc<str>>,
     pool: String,
     member: String,
+    /// The member that answered.
+    chosen: Option<delivery::Answered>,
 }
 
 /// Serve one client request.
@@ -329,6 +332,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Rejected> {
     let started = Instant::now();
     let http1 = req.version() <= Version::HTTP_11;
+    let method = req.method().clone();
     let inflight = crate::runtime::Tally::enter(&shared.inflight);
     let mut served = Served::default();
     let req = req.map(|b| counted(b, &conn.traffic.received));
@@ -355,7 +359,13 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let response = response.map(|b| counted(b, &conn.traffic.sent));
+    let status = response.status();
+    let origin = delivery::Origin {
+        listener: conn.listener.clone(),
+        member: served.chosen.take(),
+    };
+    let response =
+        response.map(|b| delivery::watch(b, &conn.traffic.sent, &method, status, origin));
     requests::count(
         &conn.listener,
         served.route.as_deref().unwrap_or_default(),
@@ -685,11 +695,18 @@ async fn forward(
             Ok(Ok(mut response)) => {
                 pool.upstream_duration
                     .record(attempt_started.elapsed().as_secs_f64());
-                if response.status().is_server_error() && pool.counts_5xx() {
+                // A success is recorded once the body has been delivered
+                // whole (see `delivery`): a member that dies mid-body is
+                // failing, however good its heads.
+                let failed = response.status().is_server_error() && pool.counts_5xx();
+                if failed {
                     pool.record_failure(index);
-                } else {
-                    pool.record_success(index);
                 }
+                served.chosen = Some(delivery::Answered {
+                    pool: pool.clone(),
+                    index,
+                    failed,
+                });
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return Ok(hop::tunnel(&mut txn.ex, &mut response).map(|_| empty()));
                 }

@@ -66,6 +66,10 @@ fn describe() {
         "adc_requests_total",
         "Client requests answered, by listener, route, pool, member and status class; those the HTTP/1 parser refused (400, 414, 431) with route, pool and member empty"
     );
+    describe_counter!(
+        "adc_responses_aborted_total",
+        "Responses whose body was cut after the head went out (the request is still counted by its status in adc_requests_total), by listener, pool, member and side: backend (its connection reset or closed mid-body; also a passive-check failure), client (it went away or reset the stream), policy (a streaming hook faulted)"
+    );
     describe_histogram!(
         "adc_request_duration_seconds",
         "Time from a client request's arrival to its response headers, by listener"

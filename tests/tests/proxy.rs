@@ -600,3 +600,104 @@ async fn an_upgrade_becomes_a_two_way_tunnel() {
     assert!(echoed.0.starts_with("HTTP/1.1 101"), "{}", echoed.0);
     assert_eq!(&echoed.1, b"ping");
 }
+
+/// A backend that answers every request with the head of a chunked
+/// response and one chunk, then closes its connection mid-body.
+async fn cutting_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                // Let adc read what was sent before the close.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_dying_mid_body_cuts_the_clients_response_and_is_counted_logged_and_failed() {
+    let member = cutting_backend().await;
+    let config = listener("cutpool", &[])
+        + &adc_tests::pool_at("cutpool", &[member])
+        + "\n[pools.cutpool.passive]\nconsecutive_failures = 3\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+
+    // HTTP/1.1: the connection closes without the last chunk.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "ended as complete: {answer}"
+    );
+
+    // Clients see an error, not a short "complete" body: HTTP/1.1, and
+    // HTTP/2 (the stream is reset).
+    let r = client().get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "HTTP/1.1 body read as complete");
+    let r = adc_tests::h2_client()
+        .get(adc.url("web", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "HTTP/2 body read as complete");
+
+    let aborted = || {
+        adc.metric(
+            "adc_responses_aborted_total",
+            &[("pool", "cutpool"), ("side", "backend")],
+        )
+    };
+    eventually(
+        "three backend aborts are counted",
+        Duration::from_secs(5),
+        || async { aborted().await == 3.0 },
+    )
+    .await;
+    // Three failures in a row: the member is ejected, though each head was
+    // a 200.
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "cutpool")])
+            .await,
+        1.0
+    );
+    let warned = adc_tests::logged();
+    assert!(
+        warned
+            .lines()
+            .any(|l| l.contains("backend response body ended early")
+                && l.contains("pool=cutpool")
+                && l.contains("member=m0")
+                && l.contains("listener=web")),
+        "no warning naming the pool and member"
+    );
+}

@@ -1,0 +1,182 @@
+//! The response body on its way to the client: the bytes sent are counted,
+//! and a body that ends before its end is told apart from one that was
+//! delivered whole.
+//!
+//! A body can be cut three ways once its head has gone out, and the status
+//! counted in `adc_requests_total` no longer says what happened:
+//! - the backend: its connection was reset or closed mid-body. A warning
+//!   names the listener, pool and member, and the member's passive checks
+//!   count a failure (a backend that dies mid-body is failing; its success
+//!   is recorded only once a body has gone out whole);
+//! - a policy: a streaming hook faulted (its fault is counted and logged
+//!   where it happened);
+//! - the client: it went away (or reset its HTTP/2 stream) before the end.
+//!
+//! Each is counted in `adc_responses_aborted_total` by `side`. The error
+//! goes on to hyper, which ends the client's response as cut: an HTTP/1.1
+//! connection is closed without the last chunk (or short of its
+//! Content-Length), an HTTP/2 stream is reset.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+
+use super::{Body, BoxError};
+use crate::error::ProxyError;
+use crate::pool::Pool;
+
+/// Where a response came from, for the log and labels of an abort.
+pub struct Origin {
+    pub listener: Arc<str>,
+    /// `None` for an answer that no member gave (a policy's, an error's).
+    pub member: Option<Answered>,
+}
+
+/// The member whose response this is.
+pub struct Answered {
+    pub pool: Arc<Pool>,
+    /// The member's place in the pool.
+    pub index: usize,
+    /// Its answer already counted as a failure (a 5xx, when counted).
+    pub failed: bool,
+}
+
+struct Delivery {
+    inner: Body,
+    sent: metrics::Counter,
+    origin: Origin,
+    /// The body was delivered whole, or its end was already accounted for.
+    done: bool,
+}
+
+/// The response body `body` to a `method` request answered with `status`,
+/// counted into `sent` and watched for an early end.
+pub fn watch(
+    body: Body,
+    sent: &metrics::Counter,
+    method: &Method,
+    status: StatusCode,
+    origin: Origin,
+) -> Body {
+    // These responses have no body to cut: hyper sends none and drops it.
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut delivery = Delivery {
+        done: false,
+        inner: body,
+        sent: sent.clone(),
+        origin,
+    };
+    if bodiless || http_body::Body::is_end_stream(&delivery.inner) {
+        delivery.delivered();
+    }
+    delivery.boxed_unsync()
+}
+
+impl Delivery {
+    fn labels(&self) -> (String, String) {
+        match &self.origin.member {
+            Some(m) => (m.pool.name.clone(), m.pool.members[m.index].name.clone()),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    fn count(&self, side: &'static str) {
+        let (pool, member) = self.labels();
+        metrics::counter!(
+            "adc_responses_aborted_total",
+            "listener" => self.origin.listener.to_string(),
+            "pool" => pool,
+            "member" => member,
+            "side" => side,
+        )
+        .increment(1);
+    }
+
+    /// The body failed on its way: a policy's fault, or the backend's.
+    fn failed(&mut self, error: &BoxError) {
+        self.done = true;
+        if error.0.downcast_ref::<ProxyError>().is_some() {
+            self.count("policy");
+            return;
+        }
+        self.count("backend");
+        let (pool, member) = self.labels();
+        tracing::warn!(
+            listener = %self.origin.listener,
+            %pool,
+            %member,
+            error = %error,
+            "backend response body ended early; the client's response is cut"
+        );
+        if let Some(m) = &self.origin.member {
+            m.pool.record_failure(m.index);
+        }
+    }
+
+    /// The body went out whole: the member's answer was a success (unless
+    /// its status already counted as a failure).
+    fn delivered(&mut self) {
+        self.done = true;
+        if let Some(m) = self.origin.member.as_ref().filter(|m| !m.failed) {
+            m.pool.record_success(m.index);
+        }
+    }
+}
+
+impl http_body::Body for Delivery {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent.increment(data.len() as u64);
+                }
+                if !self.done && self.inner.is_end_stream() {
+                    self.delivered();
+                }
+            }
+            Poll::Ready(Some(Err(e))) if !self.done => self.failed(e),
+            Poll::Ready(None) if !self.done => self.delivered(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Delivery {
+    /// Dropped before its end: the client is gone (hyper drops the body of
+    /// a connection that closed, or of an HTTP/2 stream the client reset).
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.delivered();
+            return;
+        }
+        self.count("client");
+        tracing::debug!(listener = %self.origin.listener, "client went away before the end of the response");
+    }
+}
