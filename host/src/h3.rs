@@ -150,6 +150,7 @@ async fn connection(
         client_certificate,
         alt_svc: None,
         traffic: crate::proxy::Traffic::for_listener(&name),
+        streams: None,
     };
     let quic = conn.clone();
     let mut h3 = match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {

@@ -48,6 +48,8 @@ pub struct ConnInfo {
     /// `Alt-Svc` to add to every response (HTTP/3 on the same port).
     pub alt_svc: Option<HeaderValue>,
     pub traffic: Traffic,
+    /// The requests open on an HTTP/2 connection, for its drain.
+    pub streams: Option<Arc<crate::server::Streams>>,
 }
 
 /// Body bytes received from and sent to clients, per listener: handles made
@@ -334,6 +336,7 @@ pub async fn handle(
     let http1 = req.version() <= Version::HTTP_11;
     let method = req.method().clone();
     let inflight = crate::runtime::Tally::enter(&shared.inflight);
+    let stream = conn.streams.as_ref().map(crate::server::Streams::open);
     let mut served = Served::default();
     let req = req.map(|b| counted(b, &conn.traffic.received));
     let result = pipeline(&shared, &conn, req, started, &mut served).await;
@@ -363,6 +366,7 @@ pub async fn handle(
     let origin = delivery::Origin {
         listener: conn.listener.clone(),
         member: served.chosen.take(),
+        stream,
     };
     let response =
         response.map(|b| delivery::watch(b, &conn.traffic.sent, &method, status, origin));

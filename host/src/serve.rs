@@ -58,7 +58,8 @@ impl Running {
     /// Stop accepting and drain: each HTTP/1.1 connection finishes the
     /// request it is serving (its response says `Connection: close`) and
     /// closes, idle ones at once; HTTP/2 and HTTP/3 connections get GOAWAY
-    /// and close when their streams are done. Returns when no request or
+    /// and close when their streams are done (an HTTP/2 connection without
+    /// a stream within a second, whether or not its client answers). Returns when no request or
     /// connection is left, or at the drain timeout, whichever comes first.
     /// From the start of the drain `/readyz` answers 503, so that a load
     /// balancer in front stops sending.

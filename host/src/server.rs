@@ -3,6 +3,7 @@
 //! serve HTTP/1.1 and HTTP/2 on them, handing every request to the pipeline.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,6 +256,7 @@ async fn connection(
         client_certificate: None,
         alt_svc: frontend.alt_svc.clone(),
         traffic: proxy::Traffic::for_listener(&listener),
+        streams: None,
     };
 
     match &frontend.tls {
@@ -340,6 +342,9 @@ where
 {
     let shared = shared.clone();
     let listener = conn.listener.clone();
+    let mut conn = conn;
+    let streams = h2.then(|| Arc::new(Streams::default()));
+    conn.streams.clone_from(&streams);
     let service = service_fn(move |req| -> proxy::HandleFuture {
         Box::pin(proxy::handle(
             shared.clone(),
@@ -351,25 +356,78 @@ where
     // On a drain, HTTP/1.1 stops keeping the connection alive (an idle one
     // closes at once, a busy one after its response) and HTTP/2 sends
     // GOAWAY and closes once its streams are done.
-    if h2 {
+    if let Some(streams) = streams {
         let served = builder.h2.serve_connection(io, service);
-        Box::pin(until_drained(served, drain, listener, |c| {
+        Box::pin(until_drained(served, drain, listener, Some(streams), |c| {
             c.graceful_shutdown()
         }))
     } else {
         let served = builder.h1.serve_connection(io, service).with_upgrades();
-        Box::pin(until_drained(served, drain, listener, |c| {
+        Box::pin(until_drained(served, drain, listener, None, |c| {
             c.graceful_shutdown()
         }))
     }
 }
 
+/// How long a drained HTTP/2 connection may sit without a stream before it
+/// is closed: after GOAWAY, hyper waits for the client to answer a PING,
+/// and a client that never does would hold adc for the whole drain
+/// timeout. A request already on its way when GOAWAY went out arrives
+/// well within this.
+const IDLE_AFTER_GOAWAY: Duration = Duration::from_secs(1);
+
+/// The requests open on one HTTP/2 connection, from arrival to the end of
+/// the response body.
+#[derive(Debug, Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    /// Every request ever opened: tells a quiet spell from a busy one.
+    started: AtomicUsize,
+}
+
+/// One request open on an HTTP/2 connection, counted until dropped.
+pub struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Streams {
+    pub fn open(this: &Arc<Streams>) -> OpenStream {
+        this.started.fetch_add(1, Ordering::Relaxed);
+        this.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(this.clone())
+    }
+
+    /// Resolves once no stream has been open for `quiet`.
+    async fn idle_for(&self, quiet: Duration) {
+        loop {
+            let seen = self.started.load(Ordering::Relaxed);
+            if self.open.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(quiet).await;
+                if self.open.load(Ordering::Relaxed) == 0
+                    && self.started.load(Ordering::Relaxed) == seen
+                {
+                    return;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Drive a connection; once the drain begins, ask it to finish
-/// (`graceful`) and drive it to the end.
+/// (`graceful`) and drive it to the end. An HTTP/2 connection (`streams`)
+/// is closed once it has had no stream for [`IDLE_AFTER_GOAWAY`], whether
+/// or not the client acknowledged the GOAWAY.
 async fn until_drained<C>(
     served: C,
     mut drain: Drain,
     listener: Arc<str>,
+    streams: Option<Arc<Streams>>,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) where
     C: std::future::Future<Output = hyper::Result<()>>,
@@ -379,7 +437,16 @@ async fn until_drained<C>(
         outcome = served.as_mut() => outcome,
         () = drain.begun() => {
             graceful(served.as_mut());
-            served.await
+            match streams {
+                Some(streams) => tokio::select! {
+                    outcome = served.as_mut() => outcome,
+                    () = streams.idle_for(IDLE_AFTER_GOAWAY) => {
+                        tracing::debug!(%listener, "closing an idle HTTP/2 connection whose client did not finish after GOAWAY");
+                        Ok(())
+                    }
+                },
+                None => served.await,
+            }
         }
     };
     if let Err(e) = outcome {

@@ -1,6 +1,7 @@
 //! Shutdown through a real adc and real clients: requests in flight are
 //! answered, kept-alive connections are closed cleanly (HTTP/1.1 after a
-//! `Connection: close` answer or at once when idle, HTTP/2 after GOAWAY),
+//! `Connection: close` answer or at once when idle, HTTP/2 after GOAWAY,
+//! and without waiting for a client that does not answer it),
 //! and adc stops as soon as no connection is left rather than at the drain
 //! timeout.
 #![allow(
@@ -168,4 +169,31 @@ async fn an_http2_stream_in_flight_at_shutdown_is_answered_and_then_the_connecti
         .await
         .expect("adc stops once no connection is left, not at the drain timeout")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_client_that_never_answers_the_goaway_does_not_hold_the_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let gate = Gate::start("gated").await;
+    let adc = adc_before(&gate).await;
+    let addr = adc.running.listeners["web"];
+    let shared = adc.running.shared.clone();
+
+    // The preface and an empty SETTINGS frame, then silence: the client
+    // reads nothing and acknowledges nothing (no SETTINGS ack, no PING
+    // answer), as a stuck or careless client would.
+    let mut mute = tokio::net::TcpStream::connect(addr).await.unwrap();
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    eventually("adc counts the connection", SOON, || async {
+        shared.connections.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    let Adc { running, dir: _dir } = adc;
+    tokio::time::timeout(SOON, running.shutdown())
+        .await
+        .expect("adc stops well before the drain timeout: the connection has no stream");
+    drop(mute);
 }

@@ -35,6 +35,9 @@ pub struct Origin {
     pub listener: Arc<str>,
     /// `None` for an answer that no member gave (a policy's, an error's).
     pub member: Option<Answered>,
+    /// Keeps the HTTP/2 stream counted as open until the body is done.
+    #[allow(dead_code, reason = "held for its drop, never read")]
+    pub stream: Option<crate::server::OpenStream>,
 }
 
 /// The member whose response this is.
