@@ -214,7 +214,7 @@ fn status(shared: &Shared) -> serde_json::Value {
                 .collect();
             (
                 name.clone(),
-                json!({"method": format!("{:?}", pool.method), "members": members}),
+                json!({"method": pool.method.name(), "members": members}),
             )
         })
         .collect();
@@ -237,8 +237,24 @@ fn status(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|l| json!({"name": &*l.name, "routes": l.routes.len()}))
         .collect();
+    let reload = shared
+        .last_reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .map(|r| {
+            let at =
+                r.at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+            json!({
+                "outcome": if r.error.is_some() { "refused" } else { "ok" },
+                "at_unix": at,
+                "last_error": r.error,
+            })
+        });
     json!({
         "listeners": listeners,
+        "last_reload": reload,
         "pools": pools,
         "policies": policies,
         "inflight": shared.inflight.load(Ordering::Relaxed),

@@ -263,6 +263,19 @@ pub enum Method {
     PowerOfTwo,
 }
 
+impl Method {
+    /// The name as the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::RoundRobin => "round_robin",
+            Method::Weighted => "weighted",
+            Method::LeastConnections => "least_connections",
+            Method::ConsistentHash => "consistent_hash",
+            Method::PowerOfTwo => "power_of_two",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {

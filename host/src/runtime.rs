@@ -95,12 +95,24 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Per policy: the last load error, for the status document.
     pub policy_errors: std::sync::Mutex<HashMap<String, String>>,
+    /// How the last reload (admin or SIGHUP) ended, for the status
+    /// document; `None` until one is asked for.
+    pub last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
     /// The pools as policies see them.
     pub directory: Arc<dyn PoolDirectory>,
     /// The threads client connections are served on.
     pub workers: crate::workers::Workers,
     /// One reload at a time; holds the folder being watched, if any.
     pub watcher: tokio::sync::Mutex<Option<crate::watch::Watching>>,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: std::time::SystemTime,
+    /// Why it was refused (the running configuration stayed); `None` when
+    /// it was applied.
+    pub error: Option<String>,
 }
 
 /// One unit of a count a shutdown waits for (a request in flight, an open

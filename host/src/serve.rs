@@ -149,6 +149,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         draining: AtomicBool::new(false),
         config_path: path.to_path_buf(),
         policy_errors: Default::default(),
+        last_reload: Default::default(),
         directory: Arc::new(Directory(weak.clone())),
         watcher: Default::default(),
         workers,
@@ -248,11 +249,21 @@ fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
         check_listeners_unchanged(&shared.runtime.load(), &config)?;
         let pools = runtime::build_pools(&mut config)?;
         let directory = Arc::new(Pools(pools.clone()));
-        let policies = runtime::load_policies(&shared.engine, &config, &path, directory)
-            .map_err(|refused| policy_refused(&config, &path, refused))?;
+        let policies = runtime::load_policies(&shared.engine, &config, &path, directory).map_err(
+            |refused| {
+                // The policy keeps its running version; its status says
+                // why the new one did not start.
+                let name = refused.0.clone();
+                let error = policy_refused(&config, &path, refused);
+                policy_errors(shared).insert(name, format!("{error:#}"));
+                error
+            },
+        )?;
         let watched = watched_dir(&config, &path);
         let rt = runtime::build_runtime(config, &path, pools)?;
         keep_operator_state(&shared.runtime.load(), &rt);
+        // Every policy the configuration names has just started.
+        policy_errors(shared).clear();
         for pool in rt.pools.values() {
             crate::health::start(pool);
         }
@@ -260,6 +271,10 @@ fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
         shared.runtime.store(Arc::new(rt));
         anyhow::Ok(watched)
     })();
+    *shared.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime::ReloadOutcome {
+        at: std::time::SystemTime::now(),
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+    });
     let outcome = if result.is_ok() { "ok" } else { "refused" };
     metrics::counter!("adc_config_reloads_total", "outcome" => outcome).increment(1);
     match &result {
@@ -269,6 +284,13 @@ fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
         }
     }
     result
+}
+
+fn policy_errors(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    shared
+        .policy_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// Listeners are bound at start: a reload that adds, removes or moves one

@@ -701,3 +701,69 @@ async fn a_backend_dying_mid_body_cuts_the_clients_response_and_is_counted_logge
         "no warning naming the pool and member"
     );
 }
+
+#[tokio::test]
+async fn status_spells_methods_as_the_config_does_and_says_why_every_kind_of_reload_was_refused() {
+    let b = backend("b").await;
+    let good = listener("web", &["router"])
+        + &pool("web", "least_connections", &[&b])
+        + "\n[policies.router]\nfile = \"router.wasm\"\n[policies.router.settings]\ndefault = \"web\"\n";
+    let adc = Adc::start(&good).await;
+    let http = client();
+    let status = || async {
+        let r = http.get(adc.admin("/status")).send().await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+    };
+    let first = status().await;
+    assert_eq!(first["pools"]["web"]["method"], "least_connections");
+    assert!(first["last_reload"].is_null(), "no reload asked yet");
+
+    let path = adc.dir.path().join("adc.toml");
+    let reload_with = |text: String| {
+        let dir = adc_tests::policy_dir().display().to_string();
+        std::fs::write(&path, text.replace("{policies}", &dir)).unwrap();
+        http.post(adc.admin("/reload")).send()
+    };
+
+    // A policy whose init refuses its settings: a default pool that is
+    // not there.
+    let refused = reload_with(good.replace("default = \"web\"", "default = \"nowhere\"")).await;
+    assert_eq!(refused.unwrap().status(), 422);
+    let s = status().await;
+    assert_eq!(s["last_reload"]["outcome"], "refused");
+    let error = s["last_reload"]["last_error"].as_str().unwrap();
+    assert!(error.contains("nowhere"), "{error}");
+    let policy_error = s["policies"]["router"]["last_error"].as_str().unwrap();
+    assert!(policy_error.contains("nowhere"), "{policy_error}");
+
+    // A policy file that does not compile.
+    let junk = adc.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0 not a component").unwrap();
+    let refused = reload_with(good.replace(
+        "file = \"router.wasm\"",
+        &format!("file = {:?}", junk.display().to_string()),
+    ))
+    .await;
+    assert_eq!(refused.unwrap().status(), 422);
+    let error = status().await["last_reload"]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("junk.wasm"), "{error}");
+
+    // A configuration that does not parse.
+    let refused = reload_with(good.replace("[pools.web]", "[pools.web")).await;
+    assert_eq!(refused.unwrap().status(), 422);
+    let error = status().await["last_reload"]["last_error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("adc.toml"), "{error}");
+
+    // A good one clears both.
+    assert_eq!(reload_with(good.clone()).await.unwrap().status(), 200);
+    let s = status().await;
+    assert_eq!(s["last_reload"]["outcome"], "ok");
+    assert!(s["last_reload"]["last_error"].is_null());
+    assert!(s["policies"]["router"]["last_error"].is_null());
+}
