@@ -16,6 +16,8 @@ pub enum ProxyError {
     UnknownPool(String),
     #[error("pool {0:?} has no healthy member")]
     NoHealthyMember(String),
+    #[error("pool {0:?} has members up, but all of weight 0: they take no load-balanced requests, only those a policy sends them by name")]
+    OnlyWeightZero(String),
     #[error("cannot connect to backend: {0}")]
     Connect(String),
     #[error("backend {0} did not answer within {1:?}")]
@@ -37,7 +39,9 @@ impl ProxyError {
             ProxyError::UnknownPool(_) | ProxyError::Policy(..) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ProxyError::NoHealthyMember(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyMember(_) | ProxyError::OnlyWeightZero(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +56,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no route for this request",
             ProxyError::UnknownPool(_) => "route names an unknown pool",
             ProxyError::NoHealthyMember(_) => "no healthy backend available",
+            ProxyError::OnlyWeightZero(_) => {
+                "no backend takes load-balanced requests: the ones up all have weight 0"
+            }
             ProxyError::Connect(_) => "bad gateway: cannot connect to a backend",
             ProxyError::UpstreamTimeout(..) => {
                 "gateway timeout: the backend did not answer in time"

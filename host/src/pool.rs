@@ -216,6 +216,13 @@ impl Pool {
             .any(|m| m.weight > 0 && m.available(now))
     }
 
+    /// Whether members are up but all of weight 0: the method picks none
+    /// of them, though a policy may send requests to one by name.
+    pub fn only_weight_zero_available(&self) -> bool {
+        let now = self.now_ms();
+        !self.any_available() && self.members.iter().any(|m| m.available(now))
+    }
+
     /// Choose a member, skipping `exclude` (members already tried).
     /// `hash` is the request's hash key value, for consistent hashing.
     /// Every method passes over members of weight 0: they take only the
@@ -404,6 +411,16 @@ mod tests {
         for method in METHODS {
             assert!(!pool(method, &[0, 0]).any_available(), "{method}");
         }
+    }
+
+    #[test]
+    fn a_pool_knows_when_only_members_of_weight_zero_are_up() {
+        let p = pool("round_robin", &[0, 1]);
+        assert!(!p.only_weight_zero_available());
+        p.members[1].enabled.store(false, Ordering::Relaxed);
+        assert!(p.only_weight_zero_available());
+        p.members[0].healthy.store(false, Ordering::Relaxed);
+        assert!(!p.only_weight_zero_available(), "nothing is up");
     }
 
     #[test]

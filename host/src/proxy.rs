@@ -605,9 +605,7 @@ async fn forward(
             .and_then(|m| pool.members.iter().position(|x| x.name == m))
             .filter(|&i| pool.members[i].available(now) && !tried.contains(&i));
         let Some(index) = wanted.or_else(|| pool.select(hash.as_deref(), &tried)) else {
-            return Err(last_error
-                .unwrap_or_else(|| ProxyError::NoHealthyMember(pool.name.clone()))
-                .into());
+            return Err(last_error.unwrap_or_else(|| nothing_to_pick(&pool)).into());
         };
         let member = pool.members[index].clone();
         tried.push(index);
@@ -770,6 +768,15 @@ async fn forward(
     Err(last_error
         .unwrap_or_else(|| ProxyError::NoHealthyMember(txn.pool.clone()))
         .into())
+}
+
+/// Why the method found no member in `pool` to try first.
+fn nothing_to_pick(pool: &Pool) -> ProxyError {
+    if pool.only_weight_zero_available() {
+        ProxyError::OnlyWeightZero(pool.name.clone())
+    } else {
+        ProxyError::NoHealthyMember(pool.name.clone())
+    }
 }
 
 /// Run the backend-failed hooks; `Some` when a policy answered, rejected or

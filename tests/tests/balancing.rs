@@ -294,6 +294,9 @@ async fn a_member_of_weight_zero_gets_no_load_balanced_request_but_one_a_policy_
             .unwrap();
         let r = http.get(adc.url("web", "/")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{method}");
+        // The answer says what is true: a member is up, of weight 0.
+        let said = r.text().await.unwrap();
+        assert!(said.contains("weight 0"), "{method}: {said}");
         assert_eq!(b.hits(), 1, "{method}");
     }
 }
