@@ -28,6 +28,8 @@ pub enum ProxyError {
     Policy(String, String),
     #[error("request body over the {0}-byte limit")]
     BodyTooLarge(usize),
+    #[error("request header list of {0} bytes over the {1}-byte limit")]
+    HeadersTooLarge(usize, usize),
     #[error("bad request: {0}")]
     BadRequest(String),
 }
@@ -45,6 +47,7 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -66,6 +69,7 @@ impl ProxyError {
             ProxyError::Upstream(..) => "bad gateway: the backend connection failed",
             ProxyError::Policy(..) => "a policy failed while handling this request",
             ProxyError::BodyTooLarge(_) => "request body too large",
+            ProxyError::HeadersTooLarge(..) => "request header fields too large",
             ProxyError::BadRequest(_) => "bad request",
         }
     }

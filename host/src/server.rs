@@ -143,7 +143,11 @@ fn http_builder(shared: &Shared) -> Http {
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        // Twice the limit: the h2 crate answers 431 itself to a header
+        // list over this, with no hook to count it, so the limit proper is
+        // checked (and refusals counted) by the pipeline. Only what is over
+        // twice the limit is refused uncounted, by h2.
+        .max_header_list_size(u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
         // Stream abuse: a bounded number of concurrent streams, and a cap on
         // streams reset by the client before hyper stops the connection.
         .max_concurrent_streams(256)

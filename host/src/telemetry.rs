@@ -64,7 +64,7 @@ fn describe() {
     );
     describe_counter!(
         "adc_requests_total",
-        "Client requests answered, by listener, route, pool, member and status class; those the HTTP/1 parser refused (400, 414, 431) with route, pool and member empty"
+        "Client requests answered, by listener, route, pool, member and status class; those the HTTP/1 parser refused (400, 414, 431), and HTTP/2 and HTTP/3 header lists over limits.max_header_bytes (431), with route, pool and member empty (an HTTP/2 list over twice the limit is refused by the h2 crate, uncounted)"
     );
     describe_counter!(
         "adc_responses_aborted_total",

@@ -767,3 +767,41 @@ async fn status_spells_methods_as_the_config_does_and_says_why_every_kind_of_rel
     assert!(s["last_reload"]["last_error"].is_null());
     assert!(s["policies"]["router"]["last_error"].is_null());
 }
+
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_gets_431_and_is_counted() {
+    let b = backend("b").await;
+    // A listener name of its own: metrics are process-wide.
+    let config = listener("web", &[]).replace("name = \"web\"", "name = \"h2-refusals\"")
+        + &pool("web", "round_robin", &[&b])
+        + "\n[limits]\nmax_header_bytes = 16384\n";
+    let adc = Adc::start(&config).await;
+    let url = format!("http://{}/", adc.running.listeners["h2-refusals"]);
+    let refused = || {
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "h2-refusals"), ("class", "4xx")],
+        )
+    };
+    let before = refused().await;
+
+    let h2 = adc_tests::h2_client();
+    let r = h2
+        .get(&url)
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), 431);
+    // Just under the limit passes.
+    let r = h2
+        .get(&url)
+        .header("x-big", "a".repeat(15_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(b.hits(), 1);
+    assert_eq!(refused().await - before, 1.0);
+}

@@ -225,3 +225,28 @@ pub fn tunnel(
     *answer.headers_mut() = response.headers().clone();
     answer
 }
+
+/// The size of a request's header list as HTTP/2 and HTTP/3 count it
+/// (RFC 9113 section 6.5.2, RFC 9114 section 4.2.2): each field's name and
+/// value and 32 more, the pseudo-header fields included.
+pub fn header_list_size(parts: &http::request::Parts) -> usize {
+    let field = |name: usize, value: usize| name + value + 32;
+    let uri = &parts.uri;
+    let pseudo = field(":method".len(), parts.method.as_str().len())
+        + uri
+            .scheme_str()
+            .map_or(0, |s| field(":scheme".len(), s.len()))
+        + uri
+            .authority()
+            .map_or(0, |a| field(":authority".len(), a.as_str().len()))
+        + field(
+            ":path".len(),
+            uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        );
+    pseudo
+        + parts
+            .headers
+            .iter()
+            .map(|(name, value)| field(name.as_str().len(), value.len()))
+            .sum::<usize>()
+}
