@@ -12,16 +12,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Start a demo backend on `addr`, named `name`. It answers every path with
 /// a line naming itself, the method and the path; `/health` answers "ok".
-pub async fn start(name: String, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Returns the bound address and the task serving it, which ends the
+/// backend (its connections too) when aborted.
+pub async fn start(
+    name: String,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = crate::server::bind(addr)?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // Closed connections are let go of as new ones come.
+            while connections.try_join_next().is_some() {}
             let name = name.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let name = name.clone();
                     async move {
@@ -46,5 +54,5 @@ pub async fn start(name: String, addr: SocketAddr) -> std::io::Result<SocketAddr
             });
         }
     });
-    Ok(local)
+    Ok((local, task))
 }

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("the tokio runtime starts");
-            runtime.block_on(run(config, workers))
+            let code = runtime.block_on(run(config, workers));
+            // Blocking work still running (a policy compiling for a reload
+            // or a changed file) has no use now: exit without waiting.
+            runtime.shutdown_background();
+            code
         }
     }
 }
@@ -83,7 +87,12 @@ async fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
         .expect("SIGTERM handler");
     loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = adc::serve::reload(&running.shared).await; }
+            // Beside the wait for SIGTERM, not in its way: a reload compiles
+            // policies, which takes a while.
+            _ = hup.recv() => {
+                let shared = running.shared.clone();
+                tokio::spawn(async move { adc::serve::reload(&shared).await });
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

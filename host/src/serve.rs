@@ -78,8 +78,12 @@ impl Running {
         for t in std::mem::take(&mut self.tasks) {
             t.abort();
         }
-        // Dropping the watch handle stops its task.
-        self.shared.watcher.lock().await.take();
+        // Dropping the watch handle stops its task. A reload in progress
+        // holds it (and may be loading policies for a while): not waited
+        // for, its watch ends with it.
+        if let Ok(mut watching) = self.shared.watcher.try_lock() {
+            watching.take();
+        }
         self.shared.workers.stop();
     }
 }
@@ -119,13 +123,16 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         cache_dir: config.cache_dir(path),
     })?;
 
+    // Stopped with the rest at shutdown.
+    let mut demos = Vec::new();
     if let Some(demo) = &config.demo {
         for (i, addr) in demo.backends.iter().enumerate() {
             let name = format!("demo-{}", i + 1);
-            let bound = crate::demo::start(name.clone(), *addr)
+            let (bound, task) = crate::demo::start(name.clone(), *addr)
                 .await
                 .with_context(|| format!("demo backend {addr}"))?;
             tracing::info!(%bound, %name, "demo backend started");
+            demos.push(task);
         }
     }
 
@@ -167,7 +174,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
     shared.runtime.store(Arc::new(rt));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = demos;
     let mut listeners = HashMap::new();
     for spec in listener_specs {
         let (bound, mut started) = spec.start(shared.clone(), shutdown_rx.clone()).await?;

@@ -197,3 +197,29 @@ async fn an_idle_http2_client_that_never_answers_the_goaway_does_not_hold_the_sh
         .expect("adc stops well before the drain timeout: the connection has no stream");
     drop(mute);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_the_demo_backends_it_started() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let demo = free.local_addr().unwrap();
+    drop(free);
+    let config = format!("[limits]\ndrain_timeout = \"{DRAIN_TIMEOUT}\"\n")
+        + &format!("[demo]\nbackends = [\"{demo}\"]\n")
+        + &listener("web", &[])
+        + &pool_at("web", &[demo])
+        + "\n[pools.web.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    let (mut h1, _conn) = h1_client(addr).await;
+    let answer = h1.send_request(get(addr, "/")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let Adc { running, dir: _dir } = adc;
+    tokio::time::timeout(SOON, running.shutdown())
+        .await
+        .expect("adc stops well before the drain timeout");
+    eventually("the demo backend stops listening", SOON, || async {
+        tokio::net::TcpStream::connect(demo).await.is_err()
+    })
+    .await;
+}
