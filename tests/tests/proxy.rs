@@ -805,3 +805,61 @@ async fn an_http2_header_list_over_the_limit_gets_431_and_is_counted() {
     assert_eq!(b.hits(), 1);
     assert_eq!(refused().await - before, 1.0);
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_body_is_counted_as_its_abort_and_whole_answers_are_not() {
+    let big = backend_with(std::sync::Arc::new(|req| {
+        let body = if req.uri().path() == "/big" {
+            vec![b'x'; 16 << 20]
+        } else {
+            b"small".to_vec()
+        };
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)))
+    }))
+    .await;
+    let adc =
+        Adc::start(&(listener("leftpool", &[]) + &pool("leftpool", "round_robin", &[&big]))).await;
+    let aborted = |side: &'static str| {
+        let adc = &adc;
+        async move {
+            adc.metric(
+                "adc_responses_aborted_total",
+                &[("pool", "leftpool"), ("side", side)],
+            )
+            .await
+        }
+    };
+
+    // Whole answers, with and without a body, are no aborts.
+    let http = client();
+    let r = http.get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "small");
+    let r = http.head(adc.url("web", "/big")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = adc_tests::h2_client()
+        .get(adc.url("web", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "small");
+
+    // A client that reads the head of a large answer and hangs up.
+    let addr = adc.running.listeners["web"];
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 1024];
+        let n = s.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    })
+    .await
+    .unwrap();
+    eventually(
+        "the client's abort is counted",
+        Duration::from_secs(10),
+        || async { aborted("client").await == 1.0 },
+    )
+    .await;
+    assert_eq!(aborted("backend").await, 0.0);
+}
