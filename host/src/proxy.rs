@@ -531,7 +531,14 @@ async fn pipeline(
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| ProxyError::Upstream("response body".into(), e.to_string()))?
+                .map_err(|e| {
+                    // Cut before the client saw a byte: it gets a 502, and
+                    // the member's checks a failure.
+                    if let Some(m) = served.chosen.take() {
+                        m.pool.record_failure(m.index);
+                    }
+                    ProxyError::Upstream("response body".into(), e.to_string())
+                })?
                 .to_bytes();
             txn.ex.response_body = Some(bytes);
             let flow = txn.run(Hook::ResponseBody, None, "")?;
