@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use crate::{headers, sys};
+use crate::{headers, sys, text};
 
 /// Why the host refused an edit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,5 +343,46 @@ impl Block {
 
     fn clear(&self) {
         self.0.borrow_mut().take();
+    }
+}
+
+/// Whether the host accepts a header set or append, and if not why, in the
+/// order the host checks: the name, then whether it manages that header,
+/// then the value. The mock host of [`crate::testing`] answers with it.
+pub(crate) fn check_edit(name: &str, value: &str) -> Result<(), EditError> {
+    if !text::valid_header_name(name) {
+        Err(EditError::InvalidName)
+    } else if text::is_managed_header(name) {
+        Err(EditError::ForbiddenHeader)
+    } else if !text::valid_header_value(value) {
+        Err(EditError::InvalidValue)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EditError;
+    use crate::testing::MockRequest;
+
+    /// The mock refuses an edit with the reason the host gives: it checks
+    /// the name, then whether the host manages the header, then the value
+    /// (it once checked the value before the managed list, so a test saw
+    /// `InvalidValue` where the host says `ForbiddenHeader`).
+    #[test]
+    fn the_mock_refuses_edits_for_the_reason_the_host_gives() {
+        let mock = MockRequest::get("/");
+        let req = mock.as_request();
+        let cases = [
+            ("bad name", "a\nb", EditError::InvalidName),
+            ("connection", "a\nb", EditError::ForbiddenHeader),
+            ("x-a", "a\r\nb", EditError::InvalidValue),
+        ];
+        for (name, value, why) in cases {
+            assert_eq!(req.set_header(name, value), Err(why), "{name}");
+            assert_eq!(req.append_header(name, value), Err(why), "{name}");
+        }
+        assert!(req.header("x-a").is_none());
     }
 }

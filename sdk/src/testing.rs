@@ -197,20 +197,8 @@ impl Message {
         block
     }
 
-    fn check(name: &str, value: &str) -> Result<(), EditError> {
-        if !text::valid_header_name(name) {
-            Err(EditError::InvalidName)
-        } else if !text::valid_header_value(value) {
-            Err(EditError::InvalidValue)
-        } else if text::is_managed_header(name) {
-            Err(EditError::ForbiddenHeader)
-        } else {
-            Ok(())
-        }
-    }
-
     fn set(&mut self, name: &str, value: &str) -> Result<(), EditError> {
-        Self::check(name, value)?;
+        crate::http::check_edit(name, value)?;
         self.remove(name);
         self.headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
@@ -218,7 +206,7 @@ impl Message {
     }
 
     fn append(&mut self, name: &str, value: &str) -> Result<(), EditError> {
-        Self::check(name, value)?;
+        crate::http::check_edit(name, value)?;
         self.headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
         Ok(())

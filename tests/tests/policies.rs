@@ -200,6 +200,70 @@ async fn every_set_cookie_is_seen_separately_and_an_added_one_is_its_own_line_ov
     set_cookie_round_trip(h2_client()).await;
 }
 
+/// Header edits made in the header hooks: the backend and the client must
+/// see exactly what the policy read back during its hook, over HTTP/1.1
+/// and HTTP/2.
+async fn header_edits_round_trip(c: reqwest::Client) {
+    policy("fixture-edits");
+    let b = adc_tests::backend_with(std::sync::Arc::new(|req| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok")));
+        let mut seen: Vec<String> = req
+            .headers()
+            .iter()
+            .filter(|(n, _)| {
+                n.as_str().starts_with("x-one")
+                    || [
+                        "x-multi", "x-drop", "cookie", "x-after", "x-failed", "x-bad",
+                    ]
+                    .contains(&n.as_str())
+            })
+            .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+            .collect();
+        // Sorted: the order of different names on the wire is not the
+        // point; that of one name's values is, and sorting keeps it.
+        seen.sort();
+        r.headers_mut()
+            .insert("x-backend-saw", seen.join(" & ").parse().unwrap());
+        r.headers_mut().append("set-cookie", "s=1".parse().unwrap());
+        r.headers_mut()
+            .append("x-backend-secret", "hide me".parse().unwrap());
+        r
+    }))
+    .await;
+    let config = listener("web", &["edits"])
+        + &pool("web", "round_robin", &[&b])
+        + &config_with("edits", "fixture-edits.wasm", "");
+    let adc = Adc::start(&config).await;
+    let response = c
+        .get(adc.url("web", "/"))
+        .header("x-drop", "gone")
+        .header("cookie", "old=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let h = response.headers();
+    assert_eq!(
+        h["x-backend-saw"],
+        "cookie=k=v & x-after=2 & x-failed= & x-multi=a & x-multi=b & x-one=1"
+    );
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["s=1", "added=1"]);
+    assert_eq!(h["x-set-cookie-count"], "2");
+    assert!(h.get("x-backend-secret").is_none());
+    assert_eq!(h["x-status-seen"], "200");
+}
+
+#[tokio::test]
+async fn header_edits_read_back_in_the_hook_are_what_the_backend_and_client_get_over_http1() {
+    header_edits_round_trip(client()).await;
+}
+
+#[tokio::test]
+async fn header_edits_read_back_in_the_hook_are_what_the_backend_and_client_get_over_http2() {
+    header_edits_round_trip(h2_client()).await;
+}
+
 #[tokio::test]
 async fn a_policy_that_reroutes_on_every_choice_cannot_hold_a_request_forever() {
     policy("fixture-pingpong");
