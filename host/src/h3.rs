@@ -142,7 +142,7 @@ async fn connection(
         conn.close(0u32.into(), b"rejected");
         return;
     }
-    let info = ConnInfo {
+    let info = Arc::new(ConnInfo {
         listener: name.clone(),
         peer,
         local,
@@ -151,7 +151,8 @@ async fn connection(
         alt_svc: None,
         traffic: crate::proxy::Traffic::for_listener(&name),
         streams: None,
-    };
+        forwarding: std::sync::OnceLock::new(),
+    });
     let quic = conn.clone();
     let mut h3 = match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {
         Ok(h) => h,
@@ -212,7 +213,11 @@ async fn connection(
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
-async fn request(shared: Arc<Shared>, info: ConnInfo, resolver: Resolver) -> Result<(), BoxError> {
+async fn request(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    resolver: Resolver,
+) -> Result<(), BoxError> {
     let boxed = |e: h3::error::StreamError| BoxError(Box::new(e));
     let (head, stream) = resolver.resolve_request().await.map_err(boxed)?;
     let (mut send, mut recv) = stream.split();

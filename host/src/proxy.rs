@@ -12,7 +12,6 @@ mod stream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -50,6 +49,16 @@ pub struct ConnInfo {
     pub traffic: Traffic,
     /// The requests open on an HTTP/2 connection, for its drain.
     pub streams: Option<Arc<crate::server::Streams>>,
+    /// The client address as forwarded headers spell it, written at the
+    /// connection's first request (after any PROXY header set `peer`).
+    pub forwarding: std::sync::OnceLock<hop::Forwarding>,
+}
+
+impl ConnInfo {
+    pub fn forwarding(&self) -> &hop::Forwarding {
+        self.forwarding
+            .get_or_init(|| hop::Forwarding::new(self.peer.ip()))
+    }
 }
 
 /// Body bytes received from and sent to clients, per listener: handles made
@@ -196,7 +205,7 @@ struct Txn {
     pool: String,
     member: Option<String>,
     ex: Box<Exchange>,
-    started: Instant,
+    started: quanta::Instant,
     /// Where in the chain the policies are that asked to stream the
     /// response body.
     streams: Vec<usize>,
@@ -329,10 +338,11 @@ struct Served {
 /// Serve one client request.
 pub async fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     req: Request<Body>,
 ) -> Result<Response<Body>, Rejected> {
-    let started = Instant::now();
+    // The cycle counter: cheaper than the system clock for a duration.
+    let started = quanta::Instant::now();
     let http1 = req.version() <= Version::HTTP_11;
     let method = req.method().clone();
     let inflight = crate::runtime::Tally::enter(&shared.inflight);
@@ -400,7 +410,7 @@ async fn pipeline(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Body>,
-    started: Instant,
+    started: quanta::Instant,
     served: &mut Served,
 ) -> Result<Response<Body>, Pipeline> {
     let rt = shared.runtime.load_full();
@@ -628,7 +638,8 @@ async fn forward(
         let member = pool.members[index].clone();
         tried.push(index);
         attempts += 1;
-        let backend = Backend {
+        // What policies are told of the member; made only for them.
+        let backend = || Backend {
             pool: pool.name.clone(),
             member: member.name.clone(),
             address: member.address.to_string(),
@@ -636,7 +647,7 @@ async fn forward(
 
         if txn.wants(Hook::BackendSelected) {
             let before = (txn.pool.clone(), txn.member.clone());
-            match txn.run(Hook::BackendSelected, Some(&backend), "")? {
+            match txn.run(Hook::BackendSelected, Some(&backend()), "")? {
                 Flow::Answer(r) => return Err(Pipeline::Answer(Box::new(r))),
                 Flow::Reject => return Err(Pipeline::Reject),
                 Flow::Continue => {}
@@ -663,7 +674,7 @@ async fn forward(
         served.member.clone_from(&member.name);
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
-        let attempt_started = Instant::now();
+        let attempt_started = quanta::Instant::now();
         let key = upstream::Key {
             address: member.address,
             sni: pool
@@ -683,7 +694,7 @@ async fn forward(
             Err(e) => {
                 pool.record_failure(index);
                 last_error = Some(ProxyError::Connect(e.to_string()));
-                if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
+                if let Some(end) = backend_failed(txn, backend, &e.to_string()) {
                     return Err(end);
                 }
                 continue;
@@ -744,7 +755,7 @@ async fn forward(
                     body = Some(req.into_body());
                     tried.pop();
                     attempts -= usize::from(conn.reused);
-                    last_error = Some(ProxyError::Upstream(backend.address.clone(), reason));
+                    last_error = Some(ProxyError::Upstream(member.address.to_string(), reason));
                     continue;
                 }
                 let retryable = is_idempotent(&txn.ex.request.method) && body_is_empty;
@@ -752,20 +763,20 @@ async fn forward(
                     // The backend closed a kept-alive connection as the
                     // request crossed the close: no fault of the member's.
                     // Once more, on a new connection.
-                    tracing::debug!(member = %backend.address, %reason, "pooled connection closed under a request; sending again");
+                    tracing::debug!(member = %member.address, %reason, "pooled connection closed under a request; sending again");
                     body = Some(empty());
                     tried.pop();
                     attempts -= 1;
                     fresh = true;
-                    last_error = Some(ProxyError::Upstream(backend.address.clone(), reason));
+                    last_error = Some(ProxyError::Upstream(member.address.to_string(), reason));
                     continue;
                 }
                 pool.record_failure(index);
                 last_error = Some(ProxyError::Upstream(
-                    backend.address.clone(),
+                    member.address.to_string(),
                     reason.clone(),
                 ));
-                if let Some(end) = backend_failed(txn, &backend, &reason) {
+                if let Some(end) = backend_failed(txn, backend, &reason) {
                     return Err(end);
                 }
                 if !retryable {
@@ -775,8 +786,9 @@ async fn forward(
             }
             Err(_) => {
                 pool.record_failure(index);
-                let e = ProxyError::UpstreamTimeout(backend.address.clone(), limits.header_timeout);
-                if let Some(end) = backend_failed(txn, &backend, &e.to_string()) {
+                let e =
+                    ProxyError::UpstreamTimeout(member.address.to_string(), limits.header_timeout);
+                if let Some(end) = backend_failed(txn, backend, &e.to_string()) {
                     return Err(end);
                 }
                 return Err(e.into());
@@ -799,11 +811,15 @@ fn nothing_to_pick(pool: &Pool) -> ProxyError {
 
 /// Run the backend-failed hooks; `Some` when a policy answered, rejected or
 /// failed, which ends the transaction.
-fn backend_failed(txn: &mut Txn, backend: &Backend, reason: &str) -> Option<Pipeline> {
+fn backend_failed(
+    txn: &mut Txn,
+    backend: impl FnOnce() -> Backend,
+    reason: &str,
+) -> Option<Pipeline> {
     if !txn.wants(Hook::BackendFailed) {
         return None;
     }
-    match txn.run(Hook::BackendFailed, Some(backend), reason) {
+    match txn.run(Hook::BackendFailed, Some(&backend()), reason) {
         Ok(Flow::Answer(r)) => Some(Pipeline::Answer(Box::new(r))),
         Ok(Flow::Reject) => Some(Pipeline::Reject),
         Ok(Flow::Continue) => None,
@@ -827,14 +843,10 @@ impl Drop for ActiveGuard {
 fn upstream_request(ex: &Exchange, body: Body, upgrade: bool) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = ex.request.method.clone();
-    let target = ex
-        .request
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str());
-    *request.uri_mut() = target
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    // The origin form, without parsing the target again.
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = ex.request.uri.path_and_query().cloned();
+    *request.uri_mut() = http::Uri::from_parts(uri).unwrap_or_else(|_| http::Uri::from_static("/"));
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     headers.reserve(ex.request.headers.len() + 1);

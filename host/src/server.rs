@@ -261,6 +261,7 @@ async fn connection(
         alt_svc: frontend.alt_svc.clone(),
         traffic: proxy::Traffic::for_listener(&listener),
         streams: None,
+        forwarding: std::sync::OnceLock::new(),
     };
 
     match &frontend.tls {
@@ -349,6 +350,8 @@ where
     let mut conn = conn;
     let streams = h2.then(|| Arc::new(Streams::default()));
     conn.streams.clone_from(&streams);
+    // One allocation for the connection, shared by its requests.
+    let conn = Arc::new(conn);
     let service = service_fn(move |req| -> proxy::HandleFuture {
         Box::pin(proxy::handle(
             shared.clone(),

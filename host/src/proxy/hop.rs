@@ -1,6 +1,7 @@
 //! What a proxy owes HTTP: hop-by-hop headers stay on their hop, the client
 //! address travels in X-Forwarded-For and Forwarded, upgrades become tunnels.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -11,6 +12,9 @@ use hyper_util::rt::TokioIo;
 
 use super::ConnInfo;
 use crate::policy::Exchange;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that belong to one connection (RFC 9110 section 7.6.1), and
 /// the proxy authentication pair (section 11.7): credentials meant for the
@@ -108,6 +112,31 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The client's address as the forwarded headers spell it, made once per
+/// connection.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    /// `X-Forwarded-For` naming the peer alone.
+    xff: HeaderValue,
+    /// The `for=` node of `Forwarded` (an IPv6 address quoted, bracketed).
+    node: String,
+}
+
+impl Forwarding {
+    pub fn new(peer: IpAddr) -> Forwarding {
+        let text = peer.to_string();
+        let node = match peer {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        Forwarding {
+            xff: HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .expect("an IP address is a valid header value"),
+            node,
+        }
+    }
+}
+
 /// Make a client request ready to forward and return the client address:
 /// the peer, or with `trusted_hops` proxies in front, the address that many
 /// hops from the right of X-Forwarded-For.
@@ -141,37 +170,38 @@ pub fn prepare_request(
             .unwrap_or_else(|| forwarded.first().copied().unwrap_or(peer))
     };
 
-    let xff = match parts
+    let spelled = conn.forwarding();
+    let prior = parts
         .headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if trusted_hops > 0 => format!("{prior}, {peer}"),
-        _ => peer.to_string(),
+        .filter(|_| trusted_hops > 0);
+    let xff = match prior {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
+        None => Some(spelled.xff.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.remove("x-forwarded-for");
-        parts.headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        // `insert` replaces every line the client sent.
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = if conn.tls { "https" } else { "http" };
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let node = match peer {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| format!(";host=\"{h}\""))
-        .unwrap_or_default();
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if trusted_hops == 0 {
         // Like X-Forwarded-For: what an untrusted client claims is dropped.
         parts.headers.remove(header::FORWARDED);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}{host}")) {
+    let mut forwarded = String::with_capacity(64);
+    let _ = write!(forwarded, "for={};proto={proto}", spelled.node);
+    if let Some(h) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let _ = write!(forwarded, ";host=\"{h}\"");
+    }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
         parts.headers.append(header::FORWARDED, v);
     }
 
