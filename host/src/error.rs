@@ -32,6 +32,12 @@ pub enum ProxyError {
     HeadersTooLarge(usize, usize),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request body failed on its way to the backend.
+    #[error("request body failed: {0}")]
+    RequestBody(String),
+    /// The backend waited for request body bytes the client did not send.
+    #[error("the request body did not arrive within {0:?}")]
+    RequestBodyTimeout(std::time::Duration),
 }
 
 impl ProxyError {
@@ -48,7 +54,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -71,6 +78,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => "request body too large",
             ProxyError::HeadersTooLarge(..) => "request header fields too large",
             ProxyError::BadRequest(_) => "bad request",
+            ProxyError::RequestBody(_) => {
+                "bad request: the request body was malformed or cut short"
+            }
+            ProxyError::RequestBodyTimeout(_) => {
+                "request timeout: the request body did not arrive in time"
+            }
         }
     }
 

@@ -8,6 +8,7 @@ mod delivery;
 mod hop;
 pub(crate) mod requests;
 mod stream;
+mod upload;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -543,11 +544,16 @@ async fn pipeline(
                 .await
                 .map_err(|e| {
                     // Cut before the client saw a byte: it gets a 502, and
-                    // the member's checks a failure.
-                    if let Some(m) = served.chosen.take() {
-                        m.pool.record_failure(m.index);
+                    // the member's checks a failure, unless the client's
+                    // own body failure cut it.
+                    match served.chosen.take() {
+                        Some(m) if m.client_failed() => ProxyError::RequestBody(e.to_string()),
+                        Some(m) => {
+                            m.pool.record_failure(m.index);
+                            ProxyError::Upstream("response body".into(), e.to_string())
+                        }
+                        None => ProxyError::Upstream("response body".into(), e.to_string()),
                     }
-                    ProxyError::Upstream("response body".into(), e.to_string())
                 })?
                 .to_bytes();
             txn.ex.response_body = Some(bytes);
@@ -610,8 +616,10 @@ async fn forward(
     served: &mut Served,
 ) -> Result<Response<Body>, Pipeline> {
     let limits = &rt.limits;
+    let body_is_empty = body.is_end_stream();
+    // Watched, so that the client's faults are told from the member's.
+    let (body, mut upload) = upload::Upload::watch(body);
     let mut body = Some(body);
-    let body_is_empty = body.as_ref().is_some_and(|b| b.is_end_stream());
     let mut tried: Vec<usize> = Vec::new();
     let mut reroutes = 0;
     let mut fresh = false;
@@ -729,7 +737,9 @@ async fn forward(
                 // A success is recorded once the body has been delivered
                 // whole (see `delivery`): a member that dies mid-body is
                 // failing, however good its heads.
-                let failed = response.status().is_server_error() && pool.counts_5xx();
+                let failed = response.status().is_server_error()
+                    && pool.counts_5xx()
+                    && !upload::client_failed(upload.as_ref());
                 if failed {
                     pool.record_failure(index);
                 }
@@ -737,6 +747,7 @@ async fn forward(
                     pool: pool.clone(),
                     index,
                     failed,
+                    upload: upload.take(),
                 });
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return Ok(hop::tunnel(&mut txn.ex, &mut response).map(|_| empty()));
@@ -757,6 +768,11 @@ async fn forward(
                     attempts -= usize::from(conn.reused);
                     last_error = Some(ProxyError::Upstream(member.address.to_string(), reason));
                     continue;
+                }
+                if upload::client_failed(upload.as_ref()) {
+                    // The client's body failed, and the request with it:
+                    // no fault of the member's, nor one to retry.
+                    return Err(ProxyError::RequestBody(reason).into());
                 }
                 let retryable = is_idempotent(&txn.ex.request.method) && body_is_empty;
                 if conn.reused && retryable && upstream::closed_unanswered(e.error()) {
@@ -785,6 +801,15 @@ async fn forward(
                 body = Some(empty());
             }
             Err(_) => {
+                if let Some(u) = &upload {
+                    // The backend was kept waiting by the client's body.
+                    if u.failed() {
+                        return Err(ProxyError::RequestBody("timed out".into()).into());
+                    }
+                    if u.waiting_for_client() {
+                        return Err(ProxyError::RequestBodyTimeout(limits.header_timeout).into());
+                    }
+                }
                 pool.record_failure(index);
                 let e =
                     ProxyError::UpstreamTimeout(member.address.to_string(), limits.header_timeout);

@@ -47,6 +47,16 @@ pub struct Answered {
     pub index: usize,
     /// Its answer already counted as a failure (a 5xx, when counted).
     pub failed: bool,
+    /// The request body, when there was one.
+    pub upload: Option<Arc<super::upload::Upload>>,
+}
+
+impl Answered {
+    /// The client's request body failed: what went wrong after is not the
+    /// member's fault.
+    pub fn client_failed(&self) -> bool {
+        super::upload::client_failed(self.upload.as_ref())
+    }
 }
 
 struct Delivery {
@@ -108,6 +118,18 @@ impl Delivery {
         self.done = true;
         if error.0.downcast_ref::<ProxyError>().is_some() {
             self.count("policy");
+            return;
+        }
+        if self
+            .origin
+            .member
+            .as_ref()
+            .is_some_and(Answered::client_failed)
+        {
+            // The backend's answer ended because the client's request body
+            // failed: the client's abort, not the member's failure.
+            self.count("client");
+            tracing::debug!(listener = %self.origin.listener, error = %error, "the client's request body failed while its response was sent");
             return;
         }
         self.count("backend");

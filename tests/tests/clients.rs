@@ -1,0 +1,162 @@
+//! What a client sends that adc must refuse, repair, or at least never
+//! blame on a backend: broken and slow request bodies, headers named in
+//! `Connection` that the proxy relies on, transfer codings it does not
+//! know, split cookies, h2c upgrades and oversized heads.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use adc_tests::{client, listener, Adc};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+/// A backend that reads the whole request body, then answers with its
+/// length; a request to `/echo` is answered at once with the body streamed
+/// back as it comes.
+async fn reading_backend() -> SocketAddr {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/echo" {
+                            let body = req.into_body().boxed_unsync();
+                            return Ok::<_, Infallible>(http::Response::new(body));
+                        }
+                        let text = match req.into_body().collect().await {
+                            Ok(b) => format!("read {}", b.to_bytes().len()),
+                            Err(e) => format!("body failed: {e}"),
+                        };
+                        let body = Full::new(Bytes::from(text))
+                            .map_err(|never| match never {})
+                            .boxed_unsync();
+                        Ok(http::Response::new(body))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Send `first`, read the head of the answer when `between` is given and
+/// send `between` after it; then read until the connection closes or the
+/// answer stops. With `close`, the writing side is shut after `first`.
+async fn exchange(
+    addr: SocketAddr,
+    first: &'static [u8],
+    between: Option<&'static [u8]>,
+    close: bool,
+) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(first).unwrap();
+        if close {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        if let Some(more) = between {
+            while !all.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(more);
+        }
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_clients_broken_or_slow_request_body_never_counts_against_the_member() {
+    let member = reading_backend().await;
+    // One failure would eject the member; a short wait for its answer, so
+    // that the slow client is found out soon.
+    let config = listener("uploadfaults", &[])
+        + &adc_tests::pool_at("uploadfaults", &[member])
+        + "\n[pools.uploadfaults.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n"
+        + "\n[limits]\nheader_timeout = \"1s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+
+    // An invalid chunk size.
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        None,
+        false,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A body cut short by the client, which then leaves: an answer, if it
+    // can still read one, says the request was bad.
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        None,
+        true,
+    )
+    .await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    // A client that stops sending its body, so the member cannot answer.
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        None,
+        false,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A member streaming its answer when the client's body breaks.
+    let answer = exchange(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        Some(b"zz\r\n"),
+        false,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The member still serves, and was never ejected.
+    let r = client()
+        .post(adc.url("web", "/x"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "read 10");
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "uploadfaults")])
+            .await,
+        0.0
+    );
+}
