@@ -597,6 +597,33 @@ impl Config {
         line_at(&self.text, value.span().start)
     }
 
+    /// The line of listener `listener`'s TLS setting `key` (`client_ca`),
+    /// or of its `[listener.tls]` section when the key is not written.
+    pub fn tls_line(&self, listener: usize, key: &str) -> usize {
+        self.line_of_key(validate::At::Key(vec![
+            "listener".into(),
+            listener.into(),
+            "tls".into(),
+            key.into(),
+        ]))
+    }
+
+    /// The line of certificate entry `index` of listener `listener`.
+    pub fn certificate_line(&self, listener: usize, index: usize) -> usize {
+        self.line_of_key(validate::At::Key(vec![
+            "listener".into(),
+            listener.into(),
+            "tls".into(),
+            "certificates".into(),
+            index.into(),
+        ]))
+    }
+
+    fn line_of_key(&self, at: validate::At) -> usize {
+        at.offset(&self.text)
+            .map_or(0, |offset| line_at(&self.text, offset))
+    }
+
     /// The folder policy files are named in.
     pub fn policy_dir(&self, config_path: &Path) -> PathBuf {
         let base = config_path.parent().unwrap_or(Path::new("."));

@@ -26,7 +26,8 @@ use crate::workers::Drain;
 /// request at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-pub fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::Endpoint> {
+/// The QUIC settings of an HTTP/3 endpoint whose handshakes use `tls`.
+pub fn server_config(tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -34,6 +35,10 @@ pub fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<
         .max_concurrent_bidi_streams(256u32.into())
         .max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
     config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("HTTP/3 needs a tokio runtime"))?;
     Ok(quinn::Endpoint::new(

@@ -102,6 +102,9 @@ pub struct Shared {
     pub directory: Arc<dyn PoolDirectory>,
     /// The threads client connections are served on.
     pub workers: crate::workers::Workers,
+    /// The TLS settings of each TLS listener, by name, which a reload
+    /// replaces.
+    pub tls: HashMap<Arc<str>, Arc<crate::listeners::LiveTls>>,
     /// One reload at a time; holds the folder being watched, if any.
     pub watcher: tokio::sync::Mutex<Option<crate::watch::Watching>>,
 }

@@ -20,6 +20,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(EngineOptions {
         cache_dir: config.cache_dir(path),
     })?;
+    // The certificates and keys, loaded and checked as `adc run` does.
+    crate::listeners::build_tls(&config, path)?;
     let pools = runtime::build_pools(&mut config)?;
     runtime::load_policies(&engine, &config, path, Arc::new(Pools(pools)))
         .map_err(|refused| policy_refused(&config, path, refused))?;
@@ -136,7 +138,7 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         }
     }
 
-    let listener_specs = crate::listeners::Spec::build_all(&config)?;
+    let listener_specs = crate::listeners::Spec::build_all(&config, path)?;
     let admin_addr = *config.admin.listen.get_ref();
     let admin_token = config.admin.token.clone();
 
@@ -158,6 +160,10 @@ pub async fn start_with(path: &Path, workers: Option<usize>) -> anyhow::Result<R
         policy_errors: Default::default(),
         last_reload: Default::default(),
         directory: Arc::new(Directory(weak.clone())),
+        tls: listener_specs
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.tls()?.clone())))
+            .collect(),
         watcher: Default::default(),
         workers,
     });
@@ -247,13 +253,27 @@ pub async fn reload(shared: &Arc<Shared>) -> anyhow::Result<()> {
 }
 
 /// Re-read the config file: parse and load it in full first; only then swap
-/// it in. Listener addresses are bound at start and do not change. Returns
+/// it in. Listener addresses are bound at start and do not change; a TLS
+/// listener's certificates, names, versions and client CA do, for new
+/// handshakes. Returns
 /// the policy folder the new configuration wants watched.
 fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
     let path: PathBuf = shared.config_path.clone();
     let result = (|| {
         let mut config = Config::load(&path)?;
         check_listeners_unchanged(&shared.runtime.load(), &config)?;
+        let tls = crate::listeners::build_tls(&config, &path)?;
+        for (name, settings) in &tls {
+            if shared
+                .tls
+                .get(name)
+                .is_some_and(|live| !live.can_take(settings))
+            {
+                anyhow::bail!(
+                    "listener {name:?}: http3 changed: restart adc to apply listener changes"
+                );
+            }
+        }
         let pools = runtime::build_pools(&mut config)?;
         let directory = Arc::new(Pools(pools.clone()));
         let policies = runtime::load_policies(&shared.engine, &config, &path, directory).map_err(
@@ -276,6 +296,12 @@ fn reload_blocking(shared: &Arc<Shared>) -> anyhow::Result<Option<PathBuf>> {
         }
         shared.policies.store(Arc::new(policies));
         shared.runtime.store(Arc::new(rt));
+        let draining = shared.draining.load(Ordering::Relaxed);
+        for (name, settings) in tls {
+            if let Some(live) = shared.tls.get(&name) {
+                live.apply(settings, draining);
+            }
+        }
         anyhow::Ok(watched)
     })();
     *shared.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime::ReloadOutcome {

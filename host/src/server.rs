@@ -14,7 +14,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::net::Cidr;
 use crate::policy::{Connection, Decision, ListenerKind, PolicyRef};
@@ -30,7 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Frontend {
     pub name: Arc<str>,
-    pub tls: Option<TlsAcceptor>,
+    /// A TLS listener's settings, as the last reload left them.
+    pub tls: Option<Arc<crate::listeners::LiveTls>>,
     /// Sources that must start with a PROXY protocol header.
     pub proxy_from: Arc<[Cidr]>,
     pub alt_svc: Option<HeaderValue>,
@@ -265,8 +265,8 @@ async fn connection(
     };
 
     match &frontend.tls {
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+        Some(live) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, live.acceptor().accept(stream));
             let tls = match unless_draining(&mut drain, handshake).await {
                 Some(Ok(Ok(tls))) => tls,
                 Some(Ok(Err(e))) => {

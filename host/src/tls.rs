@@ -26,6 +26,15 @@ pub enum TlsError {
     Verifier(String),
 }
 
+/// A certificate entry of a listener that did not load: which entry (its
+/// place in `certificates`), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CertificateError {
+    pub index: usize,
+    pub error: TlsError,
+}
+
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),
@@ -153,7 +162,10 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl CertStore {
-    pub fn new(listener: &str, certs: &[config::Certificate]) -> Result<Arc<CertStore>, TlsError> {
+    pub fn new(
+        listener: &str,
+        certs: &[config::Certificate],
+    ) -> Result<Arc<CertStore>, CertificateError> {
         let specs: Vec<_> = certs
             .iter()
             .map(|c| (c.cert.clone(), c.key.clone(), c.names.clone()))
@@ -175,22 +187,15 @@ impl CertStore {
             .collect()
     }
 
-    fn build(specs: &[(PathBuf, PathBuf, Option<Vec<String>>)]) -> Result<Resolved, TlsError> {
+    fn build(
+        specs: &[(PathBuf, PathBuf, Option<Vec<String>>)],
+    ) -> Result<Resolved, CertificateError> {
         let mut default = None;
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for (cert_path, key_path, names) in specs {
-            let chain = load_certs(cert_path)?;
-            let key = load_key(key_path)?;
-            let signer =
-                provider::sign::any_supported_type(&key).map_err(|e| file_error(key_path, e))?;
-            let certified = Arc::new(CertifiedKey::new(chain.clone(), signer));
-            certified.keys_match().map_err(|e| {
-                file_error(
-                    key_path,
-                    format!("key does not match {}: {e}", cert_path.display()),
-                )
-            })?;
+        for (index, (cert_path, key_path, names)) in specs.iter().enumerate() {
+            let at = |error| CertificateError { index, error };
+            let (chain, certified) = certified_key(cert_path, key_path).map_err(at)?;
             let names = names.clone().unwrap_or_else(|| names_in(&chain[0]));
             for name in names {
                 let name = name.to_ascii_lowercase();
@@ -203,8 +208,10 @@ impl CertStore {
             }
             default.get_or_insert(certified);
         }
-        let default =
-            default.ok_or_else(|| TlsError::Verifier("no certificate configured".into()))?;
+        let default = default.ok_or_else(|| CertificateError {
+            index: 0,
+            error: TlsError::Verifier("no certificate configured".into()),
+        })?;
         Ok(Resolved {
             default,
             exact,
@@ -249,6 +256,24 @@ impl CertStore {
             }
         });
     }
+}
+
+/// A certificate chain and its private key, checked to belong together.
+fn certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, Arc<CertifiedKey>), TlsError> {
+    let chain = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    let signer = provider::sign::any_supported_type(&key).map_err(|e| file_error(key_path, e))?;
+    let certified = Arc::new(CertifiedKey::new(chain.clone(), signer));
+    certified.keys_match().map_err(|e| {
+        file_error(
+            key_path,
+            format!("key does not match {}: {e}", cert_path.display()),
+        )
+    })?;
+    Ok((chain, certified))
 }
 
 impl ResolvesServerCert for CertStore {

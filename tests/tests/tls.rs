@@ -178,6 +178,49 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_applies_changed_certificate_names_and_minimum_version_to_new_handshakes() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, ca2) = (Ca::new("ca one"), Ca::new("ca two"));
+    let a = ca1.leaf(dir.path(), "a", &["a.test"]);
+    // The certificate holds both names; the configuration says which it
+    // answers for.
+    let b = ca2.leaf(dir.path(), "b", &["*.b.test", "*.c.test"]);
+    let ca2_pem = ca2.write(dir.path(), "ca2");
+    let web = backend("web").await;
+    let config = |names: &str, tls: &str| {
+        (tls_listener(&[a.clone(), b.clone()], "") + &pool("web", "round_robin", &[&web]))
+            .replace("b.key\" }", &format!("b.key\", names = [\"{names}\"] }}"))
+            .replace("[listener.tls]\n", &format!("[listener.tls]\n{tls}"))
+    };
+    let adc = Adc::start(&config("*.b.test", "")).await;
+    let port = adc.running.listeners["tls"].port();
+    let tls12 = ["--tlsv1.2", "--tls-max", "1.2"];
+    assert!(curl(port, "x.b.test", &ca2_pem, &tls12)
+        .await
+        .unwrap()
+        .starts_with("200"));
+    assert!(curl(port, "x.c.test", &ca2_pem, &[]).await.is_err());
+
+    let text = config("*.c.test", "min_version = \"1.3\"\n")
+        .replace("{policies}", &adc_tests::policy_dir().display().to_string());
+    std::fs::write(adc.dir.path().join("adc.toml"), text).unwrap();
+    let answer = client().post(adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+
+    assert!(curl(port, "x.c.test", &ca2_pem, &[])
+        .await
+        .unwrap()
+        .starts_with("200"));
+    assert!(
+        curl(port, "x.b.test", &ca2_pem, &[]).await.is_err(),
+        "x.b.test gets the default certificate now"
+    );
+    let refused = curl(port, "x.c.test", &ca2_pem, &tls12).await.unwrap_err();
+    assert!(!refused.is_empty());
+}
+
 /// An HTTP/3 connection to adc, trusting `ca`.
 struct H3Client {
     endpoint: quinn::Endpoint,
