@@ -7,6 +7,8 @@
 //! - a file that does not load or start is refused: the previous version
 //!   keeps serving, the error goes to the log, the status document and the
 //!   `adc_policy_loads_total{outcome="refused"}` counter;
+//! - a file holding the running version (copied back after a refused one)
+//!   loads nothing and clears the refusal from the status document;
 //! - a deleted file changes nothing: the loaded version keeps serving until
 //!   a new file appears or the configuration drops the policy;
 //! - a file is loaded with the settings of the running configuration, not
@@ -143,6 +145,13 @@ async fn reload_file(shared: &Arc<Shared>, path: &Path) {
             .get(&name)
             .map(|p| p.version().to_owned());
         if current.as_deref() == Some(version.as_str()) {
+            // The running version's own file, back after a refused one:
+            // nothing to load, and the refusal no longer stands.
+            shared
+                .policy_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             continue;
         }
 

@@ -279,6 +279,51 @@ async fn replacing_a_policy_file_twenty_times_under_load_loses_no_request_and_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_version_copied_back_after_a_refused_file_or_a_good_reload_clears_the_error() {
+    let b = backend("b").await;
+    let w = Watched::start("stamp-clear", &[b.addr]).await;
+    let v1 = stamp(1);
+    let refuse_truncated = || async {
+        let refused = w.refusals().await;
+        w.write(&v1[..v1.len() / 2]);
+        eventually(
+            "the truncated file is refused",
+            Duration::from_secs(10),
+            || async { w.refusals().await > refused },
+        )
+        .await;
+        let error = w.policy_status().await["last_error"].clone();
+        assert!(
+            error.as_str().unwrap_or_default().contains("truncated"),
+            "{error}"
+        );
+    };
+
+    // The file the running version came from, copied back.
+    refuse_truncated().await;
+    w.write(&v1);
+    eventually("the error is cleared", Duration::from_secs(10), || async {
+        w.policy_status().await["last_error"].is_null()
+    })
+    .await;
+
+    // A reload that loads every policy (the file is good again) leaves no
+    // error of the file refused before it.
+    refuse_truncated().await;
+    let written = std::fs::read(w.dir.path().join("stamp.wasm")).unwrap();
+    assert_ne!(written, v1);
+    std::fs::write(w.dir.path().join("stamp.wasm"), &v1).unwrap();
+    let answer = client().post(w.adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    eventually(
+        "the reload clears the error",
+        Duration::from_secs(10),
+        || async { w.policy_status().await["last_error"].is_null() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_across_a_swap_finishes_on_the_version_it_started_with() {
     let gate = Gate::start("slow").await;
     let w = Watched::start("stamp-inflight", &[gate.addr]).await;
