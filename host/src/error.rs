@@ -38,6 +38,8 @@ pub enum ProxyError {
     /// The backend waited for request body bytes the client did not send.
     #[error("the request body did not arrive within {0:?}")]
     RequestBodyTimeout(std::time::Duration),
+    #[error("transfer coding {0:?} is not implemented")]
+    TransferCoding(String),
 }
 
 impl ProxyError {
@@ -56,6 +58,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -84,6 +87,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout(_) => {
                 "request timeout: the request body did not arrive in time"
             }
+            ProxyError::TransferCoding(_) => "transfer coding not implemented",
         }
     }
 

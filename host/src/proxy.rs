@@ -431,6 +431,7 @@ async fn pipeline(
             return Err(ProxyError::HeadersTooLarge(size, rt.limits.max_header_bytes).into());
         }
     }
+    hop::check_transfer_coding(&parts.headers)?;
     hop::check_host(&mut parts, conn).map_err(|e| ProxyError::BadRequest(e.into()))?;
     let upgrade = hop::upgrade_requested(&parts);
     let client_ip = hop::prepare_request(&mut parts, conn, rt.limits.trusted_hops);
@@ -878,6 +879,7 @@ fn upstream_request(ex: &Exchange, body: Body, upgrade: bool) -> Request<Body> {
     for (name, value) in &ex.request.headers {
         headers.append(name, value.clone());
     }
+    hop::join_cookies(headers);
     if !headers.contains_key(header::HOST) {
         if let Some(authority) = ex.request.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {

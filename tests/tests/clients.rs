@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use adc_tests::{client, listener, Adc};
+use adc_tests::{backend, client, listener, pool, Adc};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
@@ -159,4 +159,137 @@ async fn a_clients_broken_or_slow_request_body_never_counts_against_the_member()
             .await,
         0.0
     );
+}
+
+/// Send a whole request (which should ask to close the connection) and
+/// read the answer to the end.
+async fn raw(addr: SocketAddr, request: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).to_lowercase()
+    })
+    .await
+    .unwrap()
+}
+
+/// A listener of its own name (metrics are process-wide) in front of `b`.
+fn alone(name: &str, b: &adc_tests::Backend) -> String {
+    listener("web", &[]).replace("name = \"web\"", &format!("name = \"{name}\""))
+        + &pool("web", "round_robin", &[b])
+}
+
+#[tokio::test]
+async fn headers_the_proxy_relies_on_survive_being_named_in_connection() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let answer = raw(
+        adc.running.listeners["web"],
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, Host, X-Forwarded-For, Forwarded, \
+         X-Forwarded-Proto, x-gone\r\nx-gone: 1\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-echo-host: x\r\n"), "{answer}");
+    assert!(
+        answer.contains("x-echo-x-forwarded-for: 127.0.0.1\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("x-echo-x-forwarded-proto: http\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("x-echo-forwarded: for=127.0.0.1"),
+        "{answer}"
+    );
+    assert!(!answer.contains("x-echo-x-gone"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501_without_reaching_a_backend() {
+    let b = backend("b").await;
+    let adc = Adc::start(&alone("codings", &b)).await;
+    let addr = adc.running.listeners["codings"];
+    let refused = || {
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "codings"), ("class", "5xx")],
+        )
+    };
+    let before = refused().await;
+    for coding in ["gzip, chunked", "identity, chunked", "chunked, chunked"] {
+        let answer = raw(
+            addr,
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\
+                 Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        )
+        .await;
+        if coding == "chunked, chunked" {
+            // Chunked may be applied once only.
+            assert!(answer.starts_with("http/1.1 400"), "{answer}");
+        } else {
+            assert!(answer.starts_with("http/1.1 501"), "{coding}: {answer}");
+        }
+    }
+    assert_eq!(b.hits(), 0);
+    assert_eq!(refused().await - before, 2.0);
+    // Chunked alone is forwarded.
+    let answer = raw(
+        addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn cookies_an_http2_client_splits_reach_an_http1_backend_joined() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let r = adc_tests::h2_client()
+        .get(adc.url("web", "/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let cookies: Vec<_> = r.headers().get_all("x-echo-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    // One field stays as it is.
+    let r = client()
+        .get(adc.url("web", "/"))
+        .header("cookie", "a=1; b=2")
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = r.headers().get_all("x-echo-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_it_is() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let answer = raw(
+        adc.running.listeners["web"],
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(!answer.contains("x-echo-upgrade"), "{answer}");
+    assert!(!answer.contains("x-echo-connection"), "{answer}");
+    assert!(!answer.contains("x-echo-http2-settings"), "{answer}");
 }

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::ConnInfo;
+use crate::error::ProxyError;
 use crate::policy::Exchange;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -32,23 +33,75 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Headers a client may not have removed by naming them in `Connection`:
+/// the ones the proxy routes by, frames the body by, or vouches for.
+const PROTECTED: [HeaderName; 5] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    header::FORWARDED,
+];
+
 /// A WebSocket-style upgrade: HTTP/1.1 GET with `Connection: upgrade` and an
-/// `Upgrade` header.
+/// `Upgrade` header. An offer of h2c is refused (RFC 9113 section 3.1
+/// deprecates it): the request goes on as an ordinary one, without the
+/// offer, since a tunnel to an HTTP/2 backend would carry requests that no
+/// policy sees.
 pub fn upgrade_requested(parts: &http::request::Parts) -> bool {
     parts.version == Version::HTTP_11
         && parts.method == Method::GET
         && parts.headers.contains_key(header::UPGRADE)
         && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && !tokens(&parts.headers, &header::UPGRADE).any(|t| {
+            t.split('/')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("h2c"))
+        })
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    tokens(headers, &header::CONNECTION)
+}
+
+/// The comma-separated tokens of every `name` line.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// Check the request's transfer codings (RFC 9112 section 6.1). One
+/// other than chunked is answered 501: the proxy cannot forward what it
+/// cannot decode, and must not drop the coding silently; chunked applied
+/// more than once is a bad request. The usual request, without
+/// `Transfer-Encoding`, costs one lookup.
+pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("invalid Transfer-Encoding".into()))?;
+        for coding in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(ProxyError::TransferCoding(coding.to_owned()));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(ProxyError::BadRequest(
+            "chunked applied more than once".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Check the request's host (RFC 9112 section 3.2): one valid `Host`,
@@ -94,12 +147,12 @@ pub fn check_host(parts: &mut http::request::Parts, conn: &ConnInfo) -> Result<(
     }
 }
 
-/// Remove hop-by-hop headers, and every header `Connection` names.
-/// `keep_upgrade` keeps `Upgrade` for a tunnel.
+/// Remove hop-by-hop headers, and every header `Connection` names but the
+/// [`PROTECTED`] ones. `keep_upgrade` keeps `Upgrade` for a tunnel.
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .filter(|n| !(PROTECTED.contains(n) || keep_upgrade && *n == header::UPGRADE))
         .collect();
     for name in named {
         headers.remove(name);
@@ -221,6 +274,27 @@ pub fn strip_response(headers: &mut HeaderMap, switching_protocols: bool) {
     strip(headers, switching_protocols);
     if switching_protocols {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Join the `Cookie` fields of a request into one, as an HTTP/1.1 hop needs
+/// them (RFC 9113 section 8.2.3: HTTP/2 and HTTP/3 clients may split the
+/// cookies into fields of their own). Costs one lookup when there is at
+/// most one field.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
