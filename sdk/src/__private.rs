@@ -1,5 +1,5 @@
-//! Glue between the generated bindings and [`Policy`]; used by the code the
-//! `#[policy]` attribute writes, not by authors.
+//! Glue between the generated bindings and [`Policy`](crate::Policy); used
+//! by the code the `#[policy]` attribute writes, not by authors.
 
 #[cfg(target_arch = "wasm32")]
 pub use wasm::*;
