@@ -420,16 +420,19 @@ async fn pipeline(
         .ok_or_else(|| ProxyError::BadRequest("listener gone".into()))?;
 
     let (mut parts, body) = req.into_parts();
-    // HTTP/1.1 heads over the limit are refused by hyper's parser (and
-    // counted by `server`); an HTTP/2 one over hyper's limit is refused by
-    // the h2 crate, which tells no one. That limit is set above this one
-    // (see `server::http_builder`), so that most refusals are made, and
-    // counted, here.
-    if parts.version >= Version::HTTP_2 {
-        let size = hop::header_list_size(&parts);
-        if size > rt.limits.max_header_bytes {
-            return Err(ProxyError::HeadersTooLarge(size, rt.limits.max_header_bytes).into());
-        }
+    // HTTP/1.1 heads far over the limit are refused by hyper's parser (and
+    // counted by `server`), but its bound is loose: the rest are refused
+    // here. An HTTP/2 one over hyper's limit is refused by the h2 crate,
+    // which tells no one. That limit is set above this one (see
+    // `server::http_builder`), so that most refusals are made, and counted,
+    // here.
+    let size = if parts.version >= Version::HTTP_2 {
+        hop::header_list_size(&parts)
+    } else {
+        hop::head_size(&parts)
+    };
+    if size > rt.limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(size, rt.limits.max_header_bytes).into());
     }
     hop::check_transfer_coding(&parts.headers)?;
     hop::check_host(&mut parts, conn).map_err(|e| ProxyError::BadRequest(e.into()))?;

@@ -293,3 +293,57 @@ async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_it_is() {
     assert!(!answer.contains("x-echo-connection"), "{answer}");
     assert!(!answer.contains("x-echo-http2-settings"), "{answer}");
 }
+
+#[tokio::test]
+async fn an_http1_head_over_the_default_limit_gets_431_and_is_counted() {
+    let b = backend("b").await;
+    let adc = Adc::start(&alone("h1-limit", &b)).await;
+    let addr = adc.running.listeners["h1-limit"];
+    let refused = || {
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "h1-limit"), ("class", "4xx")],
+        )
+    };
+    let before = refused().await;
+    let head = |value: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(value)
+        )
+    };
+    // Over the 64 KiB default by far less than hyper's loose bound.
+    let answer = raw(addr, head(70_000)).await;
+    assert!(answer.starts_with("http/1.1 431"), "{answer}");
+    // Just under it passes.
+    let answer = raw(addr, head(65_000)).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert_eq!(b.hits(), 1);
+
+    adc_tests::eventually("the refusal is counted", Duration::from_secs(5), || async {
+        refused().await - before == 1.0
+    })
+    .await;
+
+    // At most 100 header lines, as the configuration documents: 101 are
+    // refused by adc itself (no pool in the labels), not by the backend.
+    let lines = |n: usize| {
+        let fields: String = (0..n).map(|i| format!("X-{i}: v\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{fields}\r\n")
+    };
+    let answer = raw(addr, lines(99)).await;
+    assert!(answer.starts_with("http/1.1 431"), "{answer}");
+    let refused_here = || {
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "h1-limit"), ("pool", ""), ("class", "4xx")],
+        )
+    };
+    adc_tests::eventually(
+        "both refusals are adc's",
+        Duration::from_secs(5),
+        || async { refused_here().await == 2.0 },
+    )
+    .await;
+    assert_eq!(b.hits(), 1);
+}
