@@ -244,9 +244,15 @@ async fn weighted_round_robin_gives_each_member_its_weighted_share() {
 /// Pool `web` by `method` of member `a` (weight 1) and member `b` (weight
 /// 0), with the router sending requests with `x-pin: b` to `b` by name.
 fn weight_zero_config(method: &str, a: SocketAddr, b: SocketAddr) -> String {
+    // hash_on is for consistent_hash only.
+    let hash_on = if method == "consistent_hash" {
+        "hash_on = \"header:x-key\"\n"
+    } else {
+        ""
+    };
     listener("web", &["router"])
         + &format!(
-            "\n[pools.web]\nmethod = \"{method}\"\nhash_on = \"header:x-key\"\n\
+            "\n[pools.web]\nmethod = \"{method}\"\n{hash_on}\
              members = [{{ name = \"a\", address = \"{a}\" }}, \
              {{ name = \"b\", address = \"{b}\", weight = 0 }}]\n\n\
              [policies.router]\nfile = \"router.wasm\"\n[policies.router.settings]\n\

@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{Config, HealthKind, Listener, Protocol};
+use super::{Config, HealthKind, Listener, Method, Protocol};
 
 /// Where in the file a refusal points.
 #[derive(Debug)]
@@ -101,6 +101,13 @@ impl Config {
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |k: &str| key(["listener".into(), i.into(), k.into()]);
+            if l.name.trim().is_empty() {
+                return Err((
+                    at("name"),
+                    "a listener's name is empty: name it (logs, metrics and /status use it)"
+                        .to_owned(),
+                ));
+            }
             if !names.insert(&l.name) {
                 return Err((
                     at("name"),
@@ -283,6 +290,15 @@ impl Config {
             }
             let mut seen = HashSet::new();
             for (i, m) in pool.members.iter().enumerate() {
+                if m.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                    return Err((
+                        key(["pools".into(), name.into(), "members".into(), i.into()]),
+                        format!(
+                            "pool {name:?}: member {i} has an empty name: name it or leave the \
+                             name out (the address stands in)"
+                        ),
+                    ));
+                }
                 if !seen.insert(m.display_name()) {
                     return Err((
                         key(["pools".into(), name.into(), "members".into(), i.into()]),
@@ -291,18 +307,28 @@ impl Config {
                 }
             }
             if let Some(h) = &pool.hash_on {
+                if pool.method != Method::ConsistentHash {
+                    return Err((
+                        h.into(),
+                        format!(
+                            "pool {name:?}: hash_on needs method = \"consistent_hash\" (the method is {:?})",
+                            pool.method.name()
+                        ),
+                    ));
+                }
                 let ok = h.get_ref() == "client_ip"
-                    || h.get_ref()
-                        .strip_prefix("header:")
-                        .is_some_and(|n| !n.is_empty())
+                    || h.get_ref().strip_prefix("header:").is_some_and(|n| {
+                        !n.is_empty() && http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+                    })
                     || h.get_ref()
                         .strip_prefix("cookie:")
-                        .is_some_and(|n| !n.is_empty());
+                        .is_some_and(valid_cookie_name);
                 if !ok {
                     return Err((
                         h.into(),
                         format!(
-                            "hash_on {:?}: use client_ip, header:<name> or cookie:<name>",
+                            "hash_on {:?}: use client_ip, header:<name> or cookie:<name>, \
+                             with a valid header or cookie name",
                             h.get_ref()
                         ),
                     ));
@@ -325,6 +351,15 @@ impl Config {
                             "pool {name:?}: health interval must be at least 10ms and timeout \
                              at least 1ms (interval {:?}, timeout {:?})",
                             h.interval, h.timeout
+                        ),
+                    ));
+                }
+                if !h.path.starts_with('/') {
+                    return Err((
+                        at("path"),
+                        format!(
+                            "pool {name:?}: health path {:?} must start with '/'",
+                            h.path
                         ),
                     ));
                 }
@@ -374,6 +409,18 @@ impl Config {
                     self.limits.max_header_bytes
                 ),
             ));
+        }
+        for (k, value) in [
+            ("connect_timeout", self.limits.connect_timeout),
+            ("header_timeout", self.limits.header_timeout),
+            ("idle_timeout", self.limits.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((
+                    key(["limits".into(), k.into()]),
+                    format!("limits.{k} = 0s: use at least 1ms (0 would give up at once)"),
+                ));
+            }
         }
         if self.limits.max_udp_flows == 0 {
             return Err((
@@ -454,6 +501,14 @@ impl Config {
     }
 }
 
+/// A cookie name: a token (RFC 6265), not empty.
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::tests::GOOD;
@@ -496,6 +551,15 @@ mod tests {
             (GOOD.to_owned() + "[limits]\nmax_header_bytes = 100\n", 11, "max_header_bytes"),
             (GOOD.to_owned() + "[limits]\nmax_udp_flows = 0\n", 11, "max_udp_flows"),
             ("[admin]\ntoken = \" \"\n".to_owned() + GOOD, 2, "token is empty"),
+            (GOOD.replace("name = \"web\"", "name = \"\""), 3, "name is empty"),
+            (GOOD.replace("{ address", "{ name = \"\", address"), 9, "empty name"),
+            (GOOD.replace("[pools.app]\n", "[pools.app]\nhash_on = \"client_ip\"\n"), 9, "needs method = \"consistent_hash\""),
+            (GOOD.replace("[pools.app]\n", "[pools.app]\nmethod = \"consistent_hash\"\nhash_on = \"header:x y\"\n"), 10, "valid header"),
+            (GOOD.replace("[pools.app]\n", "[pools.app]\nmethod = \"consistent_hash\"\nhash_on = \"cookie:a;b\"\n"), 10, "cookie name"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\npath = \"health\"\n", 12, "must start with '/'"),
+            (GOOD.to_owned() + "[limits]\nconnect_timeout = \"0s\"\n", 11, "connect_timeout = 0s"),
+            (GOOD.to_owned() + "[limits]\nidle_timeout = \"0ms\"\n", 11, "idle_timeout = 0s"),
+            (GOOD.to_owned() + "[limits]\nheader_timeout = \"0s\"\n", 11, "header_timeout = 0s"),
         ];
         for (text, line, message) in cases {
             let (got, said) = refused(&text);
