@@ -35,9 +35,10 @@ pub enum ProxyError {
     /// The client's request body failed on its way to the backend.
     #[error("request body failed: {0}")]
     RequestBody(String),
-    /// The backend waited for request body bytes the client did not send.
-    #[error("the request body did not arrive within {0:?}")]
-    RequestBodyTimeout(std::time::Duration),
+    /// The backend waited for request body bytes the client did not send,
+    /// until adc or the backend gave up.
+    #[error("the request body did not arrive in time: {0}")]
+    RequestBodyTimeout(String),
     #[error("transfer coding {0:?} is not implemented")]
     TransferCoding(String),
 }

@@ -778,6 +778,11 @@ async fn forward(
                     // no fault of the member's, nor one to retry.
                     return Err(ProxyError::RequestBody(reason).into());
                 }
+                if upload.as_ref().is_some_and(|u| u.waiting_for_client()) {
+                    // The backend gave up waiting for the rest of a body
+                    // the client is slow to send.
+                    return Err(ProxyError::RequestBodyTimeout(reason).into());
+                }
                 let retryable = is_idempotent(&txn.ex.request.method) && body_is_empty;
                 if conn.reused && retryable && upstream::closed_unanswered(e.error()) {
                     // The backend closed a kept-alive connection as the
@@ -811,7 +816,8 @@ async fn forward(
                         return Err(ProxyError::RequestBody("timed out".into()).into());
                     }
                     if u.waiting_for_client() {
-                        return Err(ProxyError::RequestBodyTimeout(limits.header_timeout).into());
+                        let waited = format!("no answer within {:?}", limits.header_timeout);
+                        return Err(ProxyError::RequestBodyTimeout(waited).into());
                     }
                 }
                 pool.record_failure(index);

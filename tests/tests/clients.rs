@@ -161,6 +161,61 @@ async fn a_clients_broken_or_slow_request_body_never_counts_against_the_member()
     );
 }
 
+/// A backend that reads a request head and 10 bytes of its body, then
+/// closes the connection: one that gives up on a slow upload.
+async fn impatient_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let body = seen
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|end| seen.len() - end - 4);
+                    if body.is_some_and(|n| n >= 10) {
+                        return;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_giving_up_on_a_slow_upload_is_not_failed_for_it() {
+    let member = impatient_backend().await;
+    let config = listener("impatient", &[])
+        + &adc_tests::pool_at("impatient", &[member])
+        + "\n[pools.impatient.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    for _ in 0..2 {
+        let answer = exchange(
+            addr,
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+            None,
+            false,
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "impatient")])
+            .await,
+        0.0
+    );
+}
+
 /// Send a whole request (which should ask to close the connection) and
 /// read the answer to the end.
 async fn raw(addr: SocketAddr, request: String) -> String {
