@@ -193,6 +193,14 @@ fn media_type(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether `path` is `prefix` or a path below it: `/health` covers
+/// `/health` and `/health/live`, not `/healthz` nor `/health;/x`. A prefix
+/// ending in `/` covers what starts with it.
+fn within(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+}
+
 fn known_rule(rule: &str) -> bool {
     [sqli::RULES, xss::RULES, traversal::RULES, PROTOCOL_RULES]
         .iter()
@@ -200,8 +208,10 @@ fn known_rule(rule: &str) -> bool {
 }
 
 impl Waf {
+    /// Whether the normalised `path` is one of `exclude_paths` or below
+    /// one, at a segment boundary.
     fn excluded(&self, path: &str) -> bool {
-        self.exclude.iter().any(|p| path.starts_with(p.as_str()))
+        self.exclude.iter().any(|p| within(path, p))
     }
 
     fn check_content_type(&self, req: &Request, scan: &mut Scan) {

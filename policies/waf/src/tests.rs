@@ -270,6 +270,35 @@ fn excluded_paths_are_not_inspected() {
 }
 
 #[test]
+fn an_excluded_path_covers_itself_and_what_is_below_it_not_longer_names() {
+    let host = TestHost::new();
+    let policy = waf(&host, r#"{"exclude_paths": ["/health"]}"#);
+    let attack = "?x=%3Cscript%3Ealert(1)%3C/script%3E";
+    for skipped in ["/health", "/health/live", "/x/../health"] {
+        let req = browser(&format!("{skipped}{attack}"));
+        assert_eq!(blocked_by(&policy, &req), None, "{skipped}");
+    }
+    for inspected in [
+        "/healthz",
+        "/health;/x",
+        "/health.php",
+        "/health%2fx",
+        "/health/../x",
+    ] {
+        let req = browser(&format!("{inspected}{attack}"));
+        assert!(blocked_by(&policy, &req).is_some(), "{inspected}");
+    }
+
+    // A prefix written with its slash covers what starts with it.
+    let policy = waf(&host, r#"{"exclude_paths": ["/static/"]}"#);
+    assert_eq!(
+        blocked_by(&policy, &browser(&format!("/static/a.css{attack}"))),
+        None
+    );
+    assert!(blocked_by(&policy, &browser(&format!("/static{attack}"))).is_some());
+}
+
+#[test]
 fn methods_outside_the_allow_list_are_blocked() {
     let host = TestHost::new();
     let policy = waf(&host, "{}");
