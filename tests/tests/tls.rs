@@ -257,6 +257,65 @@ impl H3Client {
     }
 }
 
+/// Whether a QUIC handshake with `name`, trusting `ca`, succeeds.
+async fn quic_handshake(addr: std::net::SocketAddr, name: &str, ca: &Ca) -> Result<(), String> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(ca.roots())
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let connecting = endpoint.connect(addr, name).map_err(|e| e.to_string())?;
+    let result = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| "no answer".to_owned())?;
+    let outcome = result.map(|c| c.close(0u32.into(), b"done"));
+    endpoint.close(0u32.into(), b"done");
+    outcome.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_reload_gives_http3_handshakes_the_new_certificate_names_and_cannot_turn_http3_off() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, ca2) = (Ca::new("ca one"), Ca::new("ca two"));
+    let a = ca1.leaf(dir.path(), "a", &["a.test"]);
+    let b = ca2.leaf(dir.path(), "b", &["*.b.test", "*.c.test"]);
+    let web = backend("web").await;
+    let config = |names: &str, http3: &str| {
+        (tls_listener(&[a.clone(), b.clone()], http3) + &pool("web", "round_robin", &[&web]))
+            .replace("b.key\" }", &format!("b.key\", names = [\"{names}\"] }}"))
+            .replace("{policies}", &adc_tests::policy_dir().display().to_string())
+    };
+    let adc = Adc::start(&config("*.b.test", "http3 = true")).await;
+    let addr = adc.running.listeners["tls"];
+    quic_handshake(addr, "x.b.test", &ca2).await.unwrap();
+    assert!(quic_handshake(addr, "x.c.test", &ca2).await.is_err());
+
+    let path = adc.dir.path().join("adc.toml");
+    std::fs::write(&path, config("*.c.test", "http3 = true")).unwrap();
+    let answer = client().post(adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    quic_handshake(addr, "x.c.test", &ca2).await.unwrap();
+    assert!(quic_handshake(addr, "x.b.test", &ca2).await.is_err());
+
+    // The HTTP/3 endpoint is bound at start: turning it off needs a restart.
+    std::fs::write(&path, config("*.c.test", "")).unwrap();
+    let answer = client().post(adc.admin("/reload")).send().await.unwrap();
+    assert_eq!(answer.status(), 422);
+    let said = answer.text().await.unwrap();
+    assert!(
+        said.contains("http3") && said.contains("restart adc"),
+        "{said}"
+    );
+    quic_handshake(addr, "x.c.test", &ca2).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_http3_client_reaches_an_http1_backend_through_a_policy() {
     policy("rewrite");
