@@ -372,3 +372,52 @@ pub fn head_size(parts: &http::request::Parts) -> usize {
         .sum();
     line + fields + "\r\n".len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(request: http::request::Builder) -> http::request::Parts {
+        request.body(()).expect("a valid request").into_parts().0
+    }
+
+    #[test]
+    fn an_http1_head_is_measured_as_sent() {
+        let sent = "GET /a?b HTTP/1.1\r\nhost: x\r\nx-long: abc\r\n\r\n";
+        let head = parts(
+            http::Request::get("/a?b")
+                .header("host", "x")
+                .header("x-long", "abc"),
+        );
+        assert_eq!(head_size(&head), sent.len());
+    }
+
+    #[test]
+    fn only_chunked_once_is_a_transfer_coding_adc_forwards() {
+        let te = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            check_transfer_coding(&headers).map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(te(&[]), Ok(()));
+        assert_eq!(te(&["chunked"]), Ok(()));
+        assert_eq!(te(&["Chunked"]), Ok(()));
+        assert_eq!(te(&["gzip, chunked"]), Err(501));
+        assert_eq!(te(&["gzip", "chunked"]), Err(501));
+        assert_eq!(te(&["chunked", "chunked"]), Err(400));
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_a_single_field_is_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::COOKIE], "a=1");
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
+    }
+}
