@@ -64,7 +64,7 @@ fn describe() {
     );
     describe_counter!(
         "adc_requests_total",
-        "Client requests answered, by listener, route, pool, member and status class; those the HTTP/1 parser refused (400, 414, 431), and HTTP/2 and HTTP/3 header lists over limits.max_header_bytes (431), with route, pool and member empty (an HTTP/2 list over twice the limit is refused by the h2 crate, uncounted)"
+        "Client requests answered, by listener, route, pool, member and status class. Pool and member are empty for answers no member gave: a policy's (a waf 403, a redirect), adc's own refusals (400, 404 no route, 431, 501, 503); route is empty too for requests refused before routing (the HTTP/1 parser's 400, 414, 431; header lists over limits.max_header_bytes, 431). An HTTP/2 header list over twice the limit is refused by the h2 crate, uncounted"
     );
     describe_counter!(
         "adc_responses_aborted_total",
