@@ -41,6 +41,11 @@ pub enum ProxyError {
     RequestBodyTimeout(String),
     #[error("transfer coding {0:?} is not implemented")]
     TransferCoding(String),
+    /// adc is a reverse proxy: it opens no tunnels on request (CONNECT).
+    #[error("method {0} is not implemented")]
+    MethodNotImplemented(http::Method),
+    #[error("pool {0:?} has every member drained")]
+    AllDrained(String),
 }
 
 impl ProxyError {
@@ -50,16 +55,18 @@ impl ProxyError {
             ProxyError::UnknownPool(_) | ProxyError::Policy(..) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ProxyError::NoHealthyMember(_) | ProxyError::OnlyWeightZero(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyMember(_)
+            | ProxyError::OnlyWeightZero(_)
+            | ProxyError::AllDrained(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::TransferCoding(_) | ProxyError::MethodNotImplemented(_) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
         }
     }
 
@@ -89,6 +96,8 @@ impl ProxyError {
                 "request timeout: the request body did not arrive in time"
             }
             ProxyError::TransferCoding(_) => "transfer coding not implemented",
+            ProxyError::MethodNotImplemented(_) => "method not implemented",
+            ProxyError::AllDrained(_) => "no backend available: every one is drained",
         }
     }
 

@@ -218,6 +218,15 @@ impl Pool {
 
     /// Whether members are up but all of weight 0: the method picks none
     /// of them, though a policy may send requests to one by name.
+    /// Whether the pool has members and the operator drained them all.
+    pub fn all_drained(&self) -> bool {
+        !self.members.is_empty()
+            && self
+                .members
+                .iter()
+                .all(|m| !m.enabled.load(Ordering::Relaxed))
+    }
+
     pub fn only_weight_zero_available(&self) -> bool {
         let now = self.now_ms();
         !self.any_available() && self.members.iter().any(|m| m.available(now))

@@ -435,6 +435,10 @@ async fn pipeline(
         return Err(ProxyError::HeadersTooLarge(size, rt.limits.max_header_bytes).into());
     }
     hop::check_transfer_coding(&parts.headers)?;
+    if parts.method == http::Method::CONNECT {
+        // A reverse proxy opens no tunnel on a client's request.
+        return Err(ProxyError::MethodNotImplemented(parts.method).into());
+    }
     hop::check_host(&mut parts, conn).map_err(|e| ProxyError::BadRequest(e.into()))?;
     let upgrade = hop::upgrade_requested(&parts);
     let client_ip = hop::prepare_request(&mut parts, conn, rt.limits.trusted_hops);
@@ -449,11 +453,14 @@ async fn pipeline(
     } else {
         adc_sdk::text::normalize_path(ex.request.uri.path())
     };
-    let route =
-        route_for(&listener.routes, host.as_deref(), &path).ok_or_else(|| ProxyError::NoRoute {
+    // It goes where a request for "/" goes.
+    let route_path = if asterisk { "/" } else { &path };
+    let route = route_for(&listener.routes, host.as_deref(), route_path).ok_or_else(|| {
+        ProxyError::NoRoute {
             host: host.clone().unwrap_or_default(),
             path: path.clone(),
-        })?;
+        }
+    })?;
     served.route = Some(route.name.clone());
     // The forwarded path is the normalised one: policies match what the
     // backend receives.
@@ -839,6 +846,8 @@ async fn forward(
 fn nothing_to_pick(pool: &Pool) -> ProxyError {
     if pool.only_weight_zero_available() {
         ProxyError::OnlyWeightZero(pool.name.clone())
+    } else if pool.all_drained() {
+        ProxyError::AllDrained(pool.name.clone())
     } else {
         ProxyError::NoHealthyMember(pool.name.clone())
     }

@@ -254,6 +254,45 @@ async fn a_drained_member_takes_no_new_requests() {
     assert_eq!((a.hits(), b.hits()), (0, 6));
 }
 
+/// Found by a fresh-user review: a pool with every member drained said
+/// "no healthy backend", sending the operator to the health checks.
+#[tokio::test]
+async fn a_pool_with_every_member_drained_says_so() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let http = client();
+    let drained = http
+        .post(adc.admin("/pools/web/members/m0/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 200);
+    let r = http.get(adc.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("drained"));
+    assert_eq!(b.hits(), 0);
+}
+
+/// CONNECT asks for a tunnel, which a reverse proxy does not open: 501,
+/// not the 400 its target used to get. `OPTIONS *` goes where a request
+/// for "/" goes (it used to find no route).
+#[tokio::test]
+async fn connect_is_not_implemented_and_options_asterisk_is_forwarded() {
+    let b = backend("b").await;
+    let adc = Adc::start(&(listener("web", &[]) + &pool("web", "round_robin", &[&b]))).await;
+    let addr = adc.running.listeners["web"];
+    let connect = raw(
+        addr,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 501"), "{connect}");
+    assert_eq!(b.hits(), 0);
+    let options = raw(addr, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(options.starts_with("HTTP/1.1 200"), "{options}");
+    assert_eq!(b.hits(), 1);
+}
+
 #[tokio::test]
 async fn an_admin_path_asked_with_the_wrong_method_gets_405_with_allow() {
     let b = backend("b").await;
