@@ -67,7 +67,9 @@ fn start(shared: Arc<Shared>, dir: PathBuf) -> notify::Result<tokio::task::JoinH
         if let Ok(event) = event {
             if matches!(
                 event.kind,
-                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
             ) {
                 for path in event.paths {
                     let _ = tx.send(path);
@@ -119,6 +121,12 @@ async fn reload_file(shared: &Arc<Shared>, path: &Path) {
     // The same file may be spelt two ways (`a/../b`, a symbolic link):
     // compare where the names lead.
     let Ok(target) = std::fs::canonicalize(path) else {
+        // Gone (or renamed away): what is loaded keeps serving, but a
+        // reload or a restart will find nothing there.
+        let runtime = shared.runtime.load();
+        for (name, _) in runtime.policies.iter().filter(|(_, p)| p.path == path) {
+            tracing::warn!(policy = %name, file = %path.display(), "policy file removed; the loaded version keeps serving, but a reload or restart needs the file back");
+        }
         return;
     };
     let named: Vec<(String, PolicyOptions)> = shared

@@ -806,3 +806,30 @@ async fn a_policy_file_swaps_in_when_adc_was_started_with_a_relative_config_path
     .await;
     running.shutdown().await;
 }
+
+/// Found by a fresh-user review: deleting a watched policy file said
+/// nothing, though the next reload or restart will fail without it.
+#[tokio::test]
+async fn removing_a_watched_policy_file_is_logged_and_the_loaded_version_keeps_serving() {
+    let b = backend("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stamp.wasm");
+    std::fs::write(&file, stamp(1)).unwrap();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[engine]\npolicy_dir = \"{}\"\nwatch = true\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npool = \"web\"\n\
+         policies = [\"stamp-removed\"]\n\n[policies.stamp-removed]\nfile = \"stamp.wasm\"\n",
+        dir.path().display()
+    ) + &pool_at("web", &[b.addr]);
+    let adc = Adc::start(&config).await;
+    let http = http_with_timeout();
+    let url = adc.url("web", "/");
+    assert_eq!(stamp_of(&http.get(&url).send().await.unwrap()), "v1");
+    std::fs::remove_file(&file).unwrap();
+    eventually("the removal is logged", Duration::from_secs(10), || async {
+        adc_tests::logged().contains("policy file removed")
+            && adc_tests::logged().contains("stamp-removed")
+    })
+    .await;
+    assert_eq!(stamp_of(&http.get(&url).send().await.unwrap()), "v1");
+}
