@@ -12,6 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+/// More worker threads than this is a mistake, not a configuration: each
+/// holds a socket per listener and its own policy instances.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The whole configuration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +34,7 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicySection>,
     /// Demo backends adc starts itself (for the quickstart).
     pub demo: Option<Demo>,
-    /// Worker threads; 0 means one per core.
+    /// Worker threads; 0 means one per core; at most [`MAX_WORKERS`].
     #[serde(default)]
     pub workers: usize,
     /// The text parsed, for the line of a refusal found later (a policy

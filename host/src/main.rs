@@ -74,6 +74,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
+    if let Some(w) = workers.filter(|&w| w > adc::config::MAX_WORKERS) {
+        eprintln!(
+            "error: --workers {w}: at most {} (0 means one per core)",
+            adc::config::MAX_WORKERS
+        );
+        return ExitCode::from(2);
+    }
     let running = match adc::serve::start_with(&config, workers).await {
         Ok(r) => r,
         Err(e) => {

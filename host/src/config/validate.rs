@@ -98,6 +98,16 @@ impl At {
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.workers > super::MAX_WORKERS {
+            return Err((
+                key(["workers".into()]),
+                format!(
+                    "workers = {}: at most {} (0, the default, means one per core)",
+                    self.workers,
+                    super::MAX_WORKERS
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |k: &str| key(["listener".into(), i.into(), k.into()]);
@@ -268,6 +278,22 @@ impl Config {
                             format!("route names policy {:?}, which is not defined", p.get_ref()),
                         ));
                     }
+                }
+                if let Some(host) = r.host.as_deref().filter(|h| !valid_route_host(h)) {
+                    return Err((
+                        key([
+                            "listener".into(),
+                            i.into(),
+                            "route".into(),
+                            j.into(),
+                            "host".into(),
+                        ]),
+                        format!(
+                            "route host {host:?} is not a host name: write a name such as \
+                             \"api.example.com\", \"*.example.com\" for any subdomain, or an \
+                             IP address, without port or final dot"
+                        ),
+                    ));
                 }
                 if !r.path_prefix.starts_with('/') {
                     return Err((
@@ -502,6 +528,25 @@ impl Config {
 }
 
 /// A cookie name: a token (RFC 6265), not empty.
+/// A route's host: a DNS name (labels of letters, digits, '-' and '_'),
+/// `*.` and such a name for any subdomain of it, an IPv4 address, or an
+/// IPv6 address in brackets. Hosts match without regard to case.
+fn valid_route_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -560,11 +605,31 @@ mod tests {
             (GOOD.to_owned() + "[limits]\nconnect_timeout = \"0s\"\n", 11, "connect_timeout = 0s"),
             (GOOD.to_owned() + "[limits]\nidle_timeout = \"0ms\"\n", 11, "idle_timeout = 0s"),
             (GOOD.to_owned() + "[limits]\nheader_timeout = \"0s\"\n", 11, "header_timeout = 0s"),
+            (listener("[[listener.route]]\npool = \"app\"\nhost = \"a b\"\n"), 16, "not a host name"),
+            (listener("[[listener.route]]\npool = \"app\"\nhost = \"*.*.example.com\"\n"), 16, "not a host name"),
+            (listener("[[listener.route]]\npool = \"app\"\nhost = \"example.com:80\"\n"), 16, "not a host name"),
+            (listener("[[listener.route]]\npool = \"app\"\nhost = \"example.com.\"\n"), 16, "not a host name"),
+            ("workers = 5000\n".to_owned() + GOOD, 1, "workers"),
         ];
         for (text, line, message) in cases {
             let (got, said) = refused(&text);
             assert!(said.contains(message), "{said:?} for:\n{text}");
             assert_eq!(got, line, "{said:?} for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn route_hosts_that_can_match_are_accepted() {
+        for host in [
+            "api.example.com",
+            "*.example.com",
+            "API.Example.COM",
+            "10.0.0.1",
+            "[::1]",
+            "svc_a.internal",
+            "localhost",
+        ] {
+            assert!(super::valid_route_host(host), "{host}");
         }
     }
 }
