@@ -330,8 +330,8 @@ fn hash_value(pool: &Pool, ex: &Exchange) -> Option<Vec<u8>> {
 #[derive(Default)]
 struct Served {
     route: Option<Arc<str>>,
-    pool: String,
-    member: String,
+    /// The pool and the place in it of the member tried last.
+    attempted: Option<(Arc<Pool>, usize)>,
     /// The member that answered.
     chosen: Option<delivery::Answered>,
 }
@@ -381,11 +381,14 @@ pub async fn handle(
     };
     let response =
         response.map(|b| delivery::watch(b, &conn.traffic.sent, &method, status, origin));
+    let (pool, member) = served.attempted.as_ref().map_or(("", ""), |(p, i)| {
+        (p.name.as_str(), p.members[*i].name.as_str())
+    });
     requests::count(
         &conn.listener,
         served.route.as_deref().unwrap_or_default(),
-        &served.pool,
-        &served.member,
+        pool,
+        member,
         response.status().as_u16(),
     );
     conn.traffic
@@ -445,33 +448,31 @@ async fn pipeline(
     let mut ex = Box::new(Exchange::new(parts, client_ip, conn.tls));
     ex.client_certificate = conn.client_certificate.clone();
 
-    let host = ex.host();
-    // `OPTIONS *` asks about the server itself: its target is not a path.
-    let asterisk = ex.request.uri.path() == "*";
-    let path = if asterisk {
-        "*".to_owned()
-    } else {
-        adc_sdk::text::normalize_path(ex.request.uri.path())
-    };
-    // It goes where a request for "/" goes.
-    let route_path = if asterisk { "/" } else { &path };
-    let route = route_for(&listener.routes, host.as_deref(), route_path).ok_or_else(|| {
-        ProxyError::NoRoute {
-            host: host.clone().unwrap_or_default(),
-            path: path.clone(),
-        }
-    })?;
-    served.route = Some(route.name.clone());
     // The forwarded path is the normalised one: policies match what the
-    // backend receives.
-    if !asterisk && path != ex.request.uri.path() {
-        let target = match ex.request.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        ex.set_uri(&target)
-            .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+    // backend receives. Most paths are normal already, and cost nothing.
+    let raw = ex.request.uri.path();
+    // `OPTIONS *` asks about the server itself: its target is not a path.
+    let asterisk = raw == "*";
+    if !asterisk && !adc_sdk::text::path_is_normal(raw) {
+        let path = adc_sdk::text::normalize_path(raw);
+        if path != raw {
+            let target = match ex.request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            ex.set_uri(&target)
+                .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+        }
     }
+    let host = ex.host_lowercase();
+    // `OPTIONS *` goes where a request for "/" goes.
+    let path = if asterisk { "/" } else { ex.request.uri.path() };
+    let route =
+        route_for(&listener.routes, host.as_deref(), path).ok_or_else(|| ProxyError::NoRoute {
+            host: host.as_deref().unwrap_or_default().to_owned(),
+            path: ex.request.uri.path().to_owned(),
+        })?;
+    served.route = Some(route.name.clone());
 
     let chain: Vec<PolicyRef> = {
         let policies = shared.policies.load();
@@ -631,7 +632,8 @@ async fn forward(
     // Watched, so that the client's faults are told from the member's.
     let (body, mut upload) = upload::Upload::watch(body);
     let mut body = Some(body);
-    let mut tried: Vec<usize> = Vec::new();
+    // The members tried for this request: a few, held in place.
+    let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     let mut reroutes = 0;
     let mut fresh = false;
     let mut attempts = 0;
@@ -689,8 +691,7 @@ async fn forward(
             }
         }
 
-        served.pool.clone_from(&pool.name);
-        served.member.clone_from(&member.name);
+        served.attempted = Some((pool.clone(), index));
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
         let attempt_started = quanta::Instant::now();

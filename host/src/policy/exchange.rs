@@ -67,13 +67,23 @@ impl Exchange {
     }
 
     pub fn host(&self) -> Option<String> {
+        self.host_lowercase().map(std::borrow::Cow::into_owned)
+    }
+
+    /// As [`Self::host`], copied only when it has capitals to lower.
+    pub fn host_lowercase(&self) -> Option<std::borrow::Cow<'_, str>> {
         let host = self
             .request
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| self.request.uri.authority().map(|a| a.as_str()))?;
-        Some(adc_sdk::text::host_without_port(host).to_ascii_lowercase())
+        let host = adc_sdk::text::host_without_port(host);
+        Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        })
     }
 
     pub fn set_uri(&mut self, uri: &str) -> Result<(), EditError> {

@@ -150,7 +150,16 @@ pub fn check_host(parts: &mut http::request::Parts, conn: &ConnInfo) -> Result<(
 /// Remove hop-by-hop headers, and every header `Connection` names but the
 /// [`PROTECTED`] ones. `keep_upgrade` keeps `Upgrade` for a tunnel.
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // `close` and `keep-alive`, the usual tokens, name nothing to remove
+    // beyond the hop-by-hop headers removed below: skip them before
+    // building a name (which allocates).
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !(PROTECTED.contains(n) || keep_upgrade && *n == header::UPGRADE))
         .collect();
