@@ -191,10 +191,10 @@ pub struct Tls {
     pub certificates: Vec<Certificate>,
     /// CA bundle for client certificates (mutual TLS).
     pub client_ca: Option<PathBuf>,
-    /// With `client_ca`: require a client certificate (true), or verify one
-    /// only when offered (false).
-    #[serde(default = "d_true")]
-    pub client_auth_required: bool,
+    /// With `client_ca`: require a client certificate (true, the default),
+    /// or verify one only when offered (false). Refused without
+    /// `client_ca`: there would be nothing to verify with.
+    pub client_auth_required: Option<Spanned<bool>>,
     /// Lowest TLS version: "1.2" (default) or "1.3".
     #[serde(default = "d_tls12")]
     pub min_version: Spanned<String>,

@@ -321,7 +321,11 @@ pub fn server_config(
         Some(ca) => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider);
-            let verifier = if tls.client_auth_required {
+            let required = tls
+                .client_auth_required
+                .as_ref()
+                .is_none_or(|r| *r.get_ref());
+            let verifier = if required {
                 verifier
             } else {
                 verifier.allow_unauthenticated()

@@ -204,6 +204,17 @@ impl Config {
                             format!("listener {:?}: tls needs at least one certificate", l.name),
                         ));
                     }
+                    if let (Some(required), None) = (&t.client_auth_required, &t.client_ca) {
+                        return Err((
+                            required.into(),
+                            format!(
+                                "listener {:?}: client_auth_required needs client_ca, the CA \
+                                 that client certificates are verified with (without it no \
+                                 client certificate is asked for)",
+                                l.name
+                            ),
+                        ));
+                    }
                     if !["1.2", "1.3"].contains(&t.min_version.get_ref().as_str()) {
                         return Err((
                             (&t.min_version).into(),
@@ -386,6 +397,25 @@ impl Config {
                         format!(
                             "pool {name:?}: health path {:?} must start with '/'",
                             h.path
+                        ),
+                    ));
+                }
+                if h.path.parse::<http::uri::PathAndQuery>().is_err() || h.path.contains(' ') {
+                    return Err((
+                        at("path"),
+                        format!(
+                            "pool {name:?}: health path {:?} is not a valid request target \
+                             (spaces and other characters must be percent-encoded)",
+                            h.path
+                        ),
+                    ));
+                }
+                if http::Method::from_bytes(h.method.as_bytes()).is_err() {
+                    return Err((
+                        at("method"),
+                        format!(
+                            "pool {name:?}: health method {:?} is not a method token",
+                            h.method
                         ),
                     ));
                 }
@@ -610,6 +640,13 @@ mod tests {
             (listener("[[listener.route]]\npool = \"app\"\nhost = \"example.com:80\"\n"), 16, "not a host name"),
             (listener("[[listener.route]]\npool = \"app\"\nhost = \"example.com.\"\n"), 16, "not a host name"),
             ("workers = 5000\n".to_owned() + GOOD, 1, "workers"),
+            (
+                listener("protocol = \"https\"\n[listener.tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]\nclient_auth_required = true\n[[listener.route]]\npool = \"app\"\n"),
+                17,
+                "client_auth_required needs client_ca",
+            ),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\npath = \"/a b\"\n", 12, "not a valid request target"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\nmethod = \"G ET\"\n", 12, "not a method token"),
         ];
         for (text, line, message) in cases {
             let (got, said) = refused(&text);
