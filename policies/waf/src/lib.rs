@@ -209,9 +209,16 @@ fn known_rule(rule: &str) -> bool {
 
 impl Waf {
     /// Whether the normalised `path` is one of `exclude_paths` or below
-    /// one, at a segment boundary.
+    /// one, at a segment boundary. A path with a dot segment in disguise
+    /// (`..;x`, `.;x`: Java servers drop the `;` part and climb up, so
+    /// `/health/..;/admin` is `/admin` to them) is never excluded.
     fn excluded(&self, path: &str) -> bool {
-        self.exclude.iter().any(|p| within(path, p))
+        let disguised = path.split('/').any(|segment| {
+            segment
+                .split_once(';')
+                .is_some_and(|(name, _)| name == "." || name == "..")
+        });
+        !disguised && self.exclude.iter().any(|p| within(path, p))
     }
 
     fn check_content_type(&self, req: &Request, scan: &mut Scan) {

@@ -284,6 +284,10 @@ fn an_excluded_path_covers_itself_and_what_is_below_it_not_longer_names() {
         "/health.php",
         "/health%2fx",
         "/health/../x",
+        // Found by a fresh-user review: `..;` is `..` to Tomcat and Spring.
+        "/health/..;/admin",
+        "/health/%2e%2e;x/admin",
+        "/health/.;/x",
     ] {
         let req = browser(&format!("{inspected}{attack}"));
         assert!(blocked_by(&policy, &req).is_some(), "{inspected}");
