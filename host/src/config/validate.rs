@@ -204,6 +204,41 @@ impl Config {
                             format!("listener {:?}: tls needs at least one certificate", l.name),
                         ));
                     }
+                    let mut named = HashSet::new();
+                    for (c, cert) in t.certificates.iter().enumerate() {
+                        for name in cert.names.iter().flatten() {
+                            let at = key([
+                                "listener".into(),
+                                i.into(),
+                                "tls".into(),
+                                "certificates".into(),
+                                c.into(),
+                                "names".into(),
+                            ]);
+                            let lower = name.to_ascii_lowercase();
+                            if name.starts_with('[') || !valid_route_host(name) {
+                                return Err((
+                                    at,
+                                    format!(
+                                        "listener {:?}: certificate name {name:?} can never be \
+                                         asked for: write a host name, or *. and a name for \
+                                         its subdomains",
+                                        l.name
+                                    ),
+                                ));
+                            }
+                            if !named.insert(lower) {
+                                return Err((
+                                    at,
+                                    format!(
+                                        "listener {:?}: certificate name {name:?} is given to \
+                                         two certificates; only the first would ever answer",
+                                        l.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                     if let (Some(required), None) = (&t.client_auth_required, &t.client_ca) {
                         return Err((
                             required.into(),
@@ -646,6 +681,16 @@ mod tests {
                 "client_auth_required needs client_ca",
             ),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\npath = \"/a b\"\n", 12, "not a valid request target"),
+            (
+                listener("protocol = \"https\"\n[listener.tls]\ncertificates = [\n  { cert = \"a.pem\", key = \"a.key\", names = [\"*.*.test\"] },\n]\n[[listener.route]]\npool = \"app\"\n"),
+                17,
+                "can never be asked for",
+            ),
+            (
+                listener("protocol = \"https\"\n[listener.tls]\ncertificates = [\n  { cert = \"a.pem\", key = \"a.key\", names = [\"a.test\"] },\n  { cert = \"b.pem\", key = \"b.key\", names = [\"A.test\"] },\n]\n[[listener.route]]\npool = \"app\"\n"),
+                18,
+                "two certificates",
+            ),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\nmethod = \"G ET\"\n", 12, "not a method token"),
         ];
         for (text, line, message) in cases {
