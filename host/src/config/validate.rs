@@ -513,6 +513,16 @@ impl Config {
                 ));
             }
         }
+        if self.limits.retries > MAX_RETRIES {
+            return Err((
+                key(["limits".into(), "retries".into()]),
+                format!(
+                    "limits.retries = {}: at most {MAX_RETRIES} (each is another member tried \
+                     for one request)",
+                    self.limits.retries
+                ),
+            ));
+        }
         if self.limits.max_udp_flows == 0 {
             return Err((
                 key(["limits".into(), "max_udp_flows".into()]),
@@ -593,6 +603,9 @@ impl Config {
 }
 
 /// A cookie name: a token (RFC 6265), not empty.
+/// More tries than this for one request only multiply a failure's load.
+const MAX_RETRIES: usize = 16;
+
 /// A route's host: a DNS name (labels of letters, digits, '-' and '_'),
 /// `*.` and such a name for any subdomain of it, an IPv4 address, or an
 /// IPv6 address in brackets. Hosts match without regard to case.
@@ -668,6 +681,7 @@ mod tests {
             (GOOD.replace("[pools.app]\n", "[pools.app]\nmethod = \"consistent_hash\"\nhash_on = \"cookie:a;b\"\n"), 10, "cookie name"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"http\"\npath = \"health\"\n", 12, "must start with '/'"),
             (GOOD.to_owned() + "[limits]\nconnect_timeout = \"0s\"\n", 11, "connect_timeout = 0s"),
+            (GOOD.to_owned() + "[limits]\nretries = 100000\n", 11, "limits.retries = 100000"),
             (GOOD.to_owned() + "[limits]\nidle_timeout = \"0ms\"\n", 11, "idle_timeout = 0s"),
             (GOOD.to_owned() + "[limits]\nheader_timeout = \"0s\"\n", 11, "header_timeout = 0s"),
             (listener("[[listener.route]]\npool = \"app\"\nhost = \"a b\"\n"), 16, "not a host name"),
