@@ -560,6 +560,9 @@ async fn pipeline(
                     // own body failure cut it.
                     match served.chosen.take() {
                         Some(m) if m.client_failed() => ProxyError::RequestBody(e.to_string()),
+                        Some(m) if m.client_stalled() => {
+                            ProxyError::RequestBodyTimeout(e.to_string())
+                        }
                         Some(m) => {
                             m.pool.record_failure(m.index);
                             ProxyError::Upstream("response body".into(), e.to_string())
@@ -630,7 +633,8 @@ async fn forward(
     let limits = &rt.limits;
     let body_is_empty = body.is_end_stream();
     // Watched, so that the client's faults are told from the member's.
-    let (body, mut upload) = upload::Upload::watch(body);
+    let stall = upload::stall_threshold(limits.header_timeout);
+    let (body, mut upload) = upload::Upload::watch(body, stall);
     let mut body = Some(body);
     // The members tried for this request: a few, held in place.
     let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
@@ -748,10 +752,13 @@ async fn forward(
                     .record(attempt_started.elapsed().as_secs_f64());
                 // A success is recorded once the body has been delivered
                 // whole (see `delivery`): a member that dies mid-body is
-                // failing, however good its heads.
+                // failing, however good its heads. A 5xx given up on a
+                // client's body that failed or stalled (a backend's own
+                // read timeout) says nothing of the member; the client
+                // still gets it.
                 let failed = response.status().is_server_error()
                     && pool.counts_5xx()
-                    && !upload::client_failed(upload.as_ref());
+                    && !upload::client_at_fault(upload.as_ref());
                 if failed {
                     pool.record_failure(index);
                 }
@@ -786,9 +793,10 @@ async fn forward(
                     // no fault of the member's, nor one to retry.
                     return Err(ProxyError::RequestBody(reason).into());
                 }
-                if upload.as_ref().is_some_and(|u| u.waiting_for_client()) {
+                if upload.as_ref().is_some_and(|u| u.stalled()) {
                     // The backend gave up waiting for the rest of a body
-                    // the client is slow to send.
+                    // the client stopped sending. One that fails while the
+                    // body flows fails by itself (below).
                     return Err(ProxyError::RequestBodyTimeout(reason).into());
                 }
                 let retryable = is_idempotent(&txn.ex.request.method) && body_is_empty;
@@ -823,7 +831,7 @@ async fn forward(
                     if u.failed() {
                         return Err(ProxyError::RequestBody("timed out".into()).into());
                     }
-                    if u.waiting_for_client() {
+                    if u.stalled() {
                         let waited = format!("no answer within {:?}", limits.header_timeout);
                         return Err(ProxyError::RequestBodyTimeout(waited).into());
                     }

@@ -68,7 +68,7 @@ fn describe() {
     );
     describe_counter!(
         "adc_responses_aborted_total",
-        "Responses whose body was cut after the head went out (the request is still counted by its status in adc_requests_total), by listener, pool, member and side: backend (its connection reset or closed mid-body; also a passive-check failure), client (it went away or reset the stream), policy (a streaming hook faulted)"
+        "Responses whose body was cut after the head went out (the request is still counted by its status in adc_requests_total), by listener, pool, member and side: backend (its connection reset or closed mid-body; also a passive-check failure), client (it went away or reset the stream, its request body failed or stalled, or the backend gave up sending while the client was not reading; none is a member failure), policy (a streaming hook faulted)"
     );
     describe_histogram!(
         "adc_request_duration_seconds",

@@ -161,8 +161,9 @@ async fn a_clients_broken_or_slow_request_body_never_counts_against_the_member()
     );
 }
 
-/// A backend that reads a request head and 10 bytes of its body, then
-/// closes the connection: one that gives up on a slow upload.
+/// A backend that reads a request head and 10 bytes of its body, waits a
+/// little over a second for more, then closes the connection: one that
+/// gives up on a slow upload.
 async fn impatient_backend() -> SocketAddr {
     use tokio::io::AsyncReadExt;
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -178,6 +179,8 @@ async fn impatient_backend() -> SocketAddr {
                         .position(|w| w == b"\r\n\r\n")
                         .map(|end| seen.len() - end - 4);
                     if body.is_some_and(|n| n >= 10) {
+                        let more = stream.read(&mut buf);
+                        let _ = tokio::time::timeout(Duration::from_millis(1500), more).await;
                         return;
                     }
                     match stream.read(&mut buf).await {
@@ -211,6 +214,216 @@ async fn a_backend_giving_up_on_a_slow_upload_is_not_failed_for_it() {
     }
     assert_eq!(
         adc.metric("adc_member_ejections_total", &[("pool", "impatient")])
+            .await,
+        0.0
+    );
+}
+
+/// A backend that reads a request head and closes the connection: a
+/// failing one, whatever the request's body.
+async fn closing_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_closing_on_a_flowing_upload_is_failed_for_it() {
+    let member = closing_backend().await;
+    let config = listener("closehead", &[])
+        + &adc_tests::pool_at("closehead", &[member])
+        + "\n[pools.closehead.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    // 5 MB sent as fast as adc takes it: the client never stalls.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let size = 5 * 1024 * 1024;
+        let head = format!("POST /closehead HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    })
+    .await
+    .unwrap();
+    // The client may have been cut off before it could read the answer;
+    // an answer it read blames the backend, not the client.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 502"),
+        "{answer}"
+    );
+    adc_tests::eventually("the member is ejected", Duration::from_secs(5), || async {
+        adc.metric("adc_member_ejections_total", &[("pool", "closehead")])
+            .await
+            == 1.0
+    })
+    .await;
+}
+
+/// A backend that reads the request body for at most 1.5 s (its own read
+/// timeout), then answers 504 when it did not get it all.
+async fn timing_out_backend() -> SocketAddr {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let read = req.into_body().collect();
+                        let status =
+                            match tokio::time::timeout(Duration::from_millis(1500), read).await {
+                                Ok(Ok(_)) => 200,
+                                _ => 504,
+                            };
+                        let mut response =
+                            http::Response::new(Full::new(Bytes::from_static(b"done")));
+                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_5xx_for_a_stalled_upload_is_passed_on_but_not_failed() {
+    let member = timing_out_backend().await;
+    let config = listener("stalled5xx", &[])
+        + &adc_tests::pool_at("stalled5xx", &[member])
+        + "\n[pools.stalled5xx.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc",
+        None,
+        false,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    // The member still serves, and was never ejected.
+    let r = client()
+        .post(adc.url("web", "/x"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "stalled5xx")])
+            .await,
+        0.0
+    );
+}
+
+/// A backend that answers with a 50 MiB body, and gives up when a write of
+/// it is stuck for 1.5 s (its own send timeout).
+async fn sending_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let size = 50 * 1024 * 1024;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 * 1024];
+                for _ in 0..size / chunk.len() {
+                    let write = stream.write_all(&chunk);
+                    match tokio::time::timeout(Duration::from_millis(1500), write).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_giving_up_on_a_client_that_stopped_reading_is_not_failed_for_it() {
+    let member = sending_backend().await;
+    let config = listener("slowreader", &[])
+        + &adc_tests::pool_at("slowreader", &[member])
+        + "\n[pools.slowreader.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    let read = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        // Not reading, long enough for the backend to give up.
+        std::thread::sleep(Duration::from_secs(4));
+        let mut all = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            all += n;
+        }
+        all
+    })
+    .await
+    .unwrap();
+    assert!(read < 50 * 1024 * 1024, "the whole body arrived");
+    let aborted = |side: &'static str| {
+        let adc = &adc;
+        async move {
+            adc.metric(
+                "adc_responses_aborted_total",
+                &[("pool", "slowreader"), ("side", side)],
+            )
+            .await
+        }
+    };
+    adc_tests::eventually("the abort is counted", Duration::from_secs(5), || async {
+        aborted("client").await == 1.0
+    })
+    .await;
+    assert_eq!(aborted("backend").await, 0.0);
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "slowreader")])
             .await,
         0.0
     );

@@ -10,7 +10,18 @@
 //!   is recorded only once a body has gone out whole);
 //! - a policy: a streaming hook faulted (its fault is counted and logged
 //!   where it happened);
-//! - the client: it went away (or reset its HTTP/2 stream) before the end.
+//! - the client: it went away (or reset its HTTP/2 stream) before the end,
+//!   or it read so slowly that the backend gave up sending (a
+//!   `send_timeout` of the backend's own, while adc held its bytes back for
+//!   a client that was not reading). That is no failure of the member.
+//!
+//! hyper polls a response body only when the client's connection can take
+//! more. So a poll that comes [`HELD`] or more after the previous one gave
+//! a frame means the client held the body back that long. A backend error
+//! met within [`HELD`] of such a hold (the time to hand over what adc and
+//! the kernel buffered meanwhile) is the client's; one met while the
+//! client reads promptly, or while hyper waits on the backend, is the
+//! member's.
 //!
 //! Each is counted in `adc_responses_aborted_total` by `side`. The error
 //! goes on to hyper, which ends the client's response as cut: an HTTP/1.1
@@ -20,6 +31,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -57,10 +69,27 @@ impl Answered {
     pub fn client_failed(&self) -> bool {
         super::upload::client_failed(self.upload.as_ref())
     }
+
+    /// The client's request body has stalled (see `upload`).
+    pub fn client_stalled(&self) -> bool {
+        self.upload.as_ref().is_some_and(|u| u.stalled())
+    }
 }
+
+/// How long the client must have held the body back (not reading) for a
+/// backend that gives up soon after to be excused; also how soon after.
+/// Prompt readers come back for more in microseconds; a second is a client
+/// that stopped, and a backend's send timeout is seconds, not less.
+const HELD: Duration = Duration::from_secs(1);
 
 struct Delivery {
     inner: Body,
+    /// When the last poll gave a frame: hyper has it, and comes back for
+    /// more once the client's connection can take it. `None` when the last
+    /// poll found nothing (hyper waits on the backend).
+    given: Option<quanta::Instant>,
+    /// When the client last ended a hold of at least [`HELD`].
+    held: Option<quanta::Instant>,
     sent: metrics::Counter,
     origin: Origin,
     /// The body was delivered whole, or its end was already accounted for.
@@ -83,6 +112,8 @@ pub fn watch(
         || status == StatusCode::NOT_MODIFIED;
     let mut delivery = Delivery {
         done: false,
+        given: None,
+        held: None,
         inner: body,
         sent: sent.clone(),
         origin,
@@ -124,12 +155,20 @@ impl Delivery {
             .origin
             .member
             .as_ref()
-            .is_some_and(Answered::client_failed)
+            .is_some_and(|m| m.client_failed() || m.client_stalled())
         {
             // The backend's answer ended because the client's request body
-            // failed: the client's abort, not the member's failure.
+            // failed or stalled: the client's abort, not the member's
+            // failure.
             self.count("client");
-            tracing::debug!(listener = %self.origin.listener, error = %error, "the client's request body failed while its response was sent");
+            tracing::debug!(listener = %self.origin.listener, error = %error, "the client's request body failed or stalled while its response was sent");
+            return;
+        }
+        if self.held.is_some_and(|at| at.elapsed() <= HELD) {
+            // The backend gave up while adc held its bytes back for a
+            // client that was not reading.
+            self.count("client");
+            tracing::debug!(listener = %self.origin.listener, error = %error, "the backend gave up sending to a client that was not reading");
             return;
         }
         self.count("backend");
@@ -165,6 +204,19 @@ impl http_body::Body for Delivery {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let gives = matches!(polled, Poll::Ready(Some(Ok(_))));
+        // One clock read per frame given (and none for a poll that finds
+        // nothing after one that found nothing).
+        if gives || self.given.is_some() {
+            let now = quanta::Instant::now();
+            if self
+                .given
+                .is_some_and(|at| now.saturating_duration_since(at) >= HELD)
+            {
+                self.held = Some(now);
+            }
+            self.given = gives.then_some(now);
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
