@@ -756,9 +756,9 @@ async fn forward(
                 // client's body that failed or stalled (a backend's own
                 // read timeout) says nothing of the member; the client
                 // still gets it.
-                let failed = response.status().is_server_error()
-                    && pool.counts_5xx()
-                    && !upload::client_at_fault(upload.as_ref());
+                let counted = response.status().is_server_error() && pool.counts_5xx();
+                let excused = counted && upload::client_at_fault(upload.as_ref());
+                let failed = counted && !excused;
                 if failed {
                     pool.record_failure(index);
                 }
@@ -766,6 +766,7 @@ async fn forward(
                     pool: pool.clone(),
                     index,
                     failed,
+                    excused,
                     upload: upload.take(),
                 });
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -285,7 +285,8 @@ async fn a_backend_closing_on_a_flowing_upload_is_failed_for_it() {
 }
 
 /// A backend that reads the request body for at most 1.5 s (its own read
-/// timeout), then answers 504 when it did not get it all.
+/// timeout), then answers 504 when it did not get it all; `/fail` is
+/// answered 500 at once.
 async fn timing_out_backend() -> SocketAddr {
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -294,9 +295,11 @@ async fn timing_out_backend() -> SocketAddr {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     |req: http::Request<hyper::body::Incoming>| async move {
+                        let fail = req.uri().path() == "/fail";
                         let read = req.into_body().collect();
                         let status =
                             match tokio::time::timeout(Duration::from_millis(1500), read).await {
+                                Ok(Ok(_)) if fail => 500,
                                 Ok(Ok(_)) => 200,
                                 _ => 504,
                             };
@@ -344,6 +347,44 @@ async fn a_5xx_for_a_stalled_upload_is_passed_on_but_not_failed() {
             .await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn a_5xx_for_a_stalled_upload_does_not_count_as_a_success_either() {
+    let member = timing_out_backend().await;
+    let config = listener("excused5xx", &[])
+        + &adc_tests::pool_at("excused5xx", &[member])
+        + "\n[pools.excused5xx.passive]\nconsecutive_failures = 2\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["web"];
+    let fail = || async {
+        let r = client()
+            .post(adc.url("web", "/fail"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        let _ = r.bytes().await;
+    };
+    fail().await;
+    // Between two failures of the member's, a 504 for a client's stalled
+    // body: it neither fails the member nor clears its failures.
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc",
+        None,
+        false,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    fail().await;
+    adc_tests::eventually("the member is ejected", Duration::from_secs(5), || async {
+        adc.metric("adc_member_ejections_total", &[("pool", "excused5xx")])
+            .await
+            == 1.0
+    })
+    .await;
 }
 
 /// A backend that answers with a 50 MiB body, and gives up when a write of

@@ -59,6 +59,9 @@ pub struct Answered {
     pub index: usize,
     /// Its answer already counted as a failure (a 5xx, when counted).
     pub failed: bool,
+    /// Its answer was a 5xx not held against it (the client's body failed
+    /// or stalled): no success either, once delivered.
+    pub excused: bool,
     /// The request body, when there was one.
     pub upload: Option<Arc<super::upload::Upload>>,
 }
@@ -189,7 +192,12 @@ impl Delivery {
     /// its status already counted as a failure).
     fn delivered(&mut self) {
         self.done = true;
-        if let Some(m) = self.origin.member.as_ref().filter(|m| !m.failed) {
+        if let Some(m) = self
+            .origin
+            .member
+            .as_ref()
+            .filter(|m| !m.failed && !m.excused)
+        {
             m.pool.record_success(m.index);
         }
     }
