@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::error::ProxyError;
 use crate::policy::ListenerKind;
 use crate::proxy::{self, BoxError, ConnInfo};
 use crate::runtime::Shared;
@@ -226,30 +227,112 @@ async fn request(
     let boxed = |e: h3::error::StreamError| BoxError(Box::new(e));
     let (head, stream) = resolver.resolve_request().await.map_err(boxed)?;
     let (mut send, mut recv) = stream.split();
+    let (mut parts, ()) = head.into_parts();
 
-    // The request body streams from QUIC into the pipeline.
+    // A content-length that is no length is malformed (RFC 9114 section
+    // 4.1.2): refused here, as hyper refuses it over HTTP/1.1, and never
+    // forwarded.
+    let Ok(declared) = declared_length(&parts.headers) else {
+        recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        let refused = ProxyError::BadRequest("invalid content-length".into());
+        return refuse(&mut send, &info, refused).await.map_err(boxed);
+    };
+    // Nor does it read the body of a zero length: whether there is none is
+    // known before the request goes on.
+    let mut data_done = false;
+    if declared == Some(0) {
+        let wait = shared.runtime.load().limits.header_timeout;
+        match tokio::time::timeout(wait, first_data(&mut recv)).await {
+            Ok(Ok(None)) => data_done = true,
+            Ok(Ok(Some(()))) => {
+                recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+                let refused = ProxyError::BadRequest("a body after content-length: 0".into());
+                return refuse(&mut send, &info, refused).await.map_err(boxed);
+            }
+            Ok(Err(e)) => return Err(boxed(e)),
+            Err(_) => {
+                recv.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+                let refused = ProxyError::RequestBodyTimeout(format!(
+                    "the request stream did not end within {wait:?}"
+                ));
+                return refuse(&mut send, &info, refused).await.map_err(boxed);
+            }
+        }
+    }
+    if let Some(n) = declared {
+        // One value, however many times the client repeated it.
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+
+    // The request body streams from QUIC into the pipeline, checked against
+    // its declared length: a body longer or shorter is malformed, and ends
+    // the body with an error, which is the client's (see `proxy::upload`).
+    // Left to the backend's HTTP/1.1 client, a short body failed the
+    // request as the member's fault, and a long one was cut to the length
+    // and served. (h3 0.0.8 says a body ends at an empty DATA frame, which
+    // is legal: a body with a length and such a frame inside is refused as
+    // short; one without a length is forwarded cut there.)
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
     tokio::spawn(async move {
-        loop {
+        let mut received: u64 = 0;
+        // The chunk that completes the declared length waits for the end
+        // of the body: the backend's client stops reading once it has the
+        // length, and a byte more would go unseen.
+        let mut last: Option<Bytes> = None;
+        while !data_done {
             match recv.recv_data().await {
                 Ok(Some(mut chunk)) => {
                     let bytes = chunk.copy_to_bytes(chunk.remaining());
-                    if tx.send_data(bytes).await.is_err() {
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    received = received.saturating_add(bytes.len() as u64);
+                    let Some(n) = declared else {
+                        if tx.send_data(bytes).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    if received > n {
+                        tracing::debug!(declared = n, "HTTP/3 request body longer than declared");
+                        recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+                        tx.abort(Malformed::longer(n));
+                        return;
+                    }
+                    if received == n {
+                        last = Some(bytes);
+                    } else if tx.send_data(bytes).await.is_err() {
                         return;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => data_done = true,
                 Err(e) => {
+                    tracing::debug!(error = %e, "HTTP/3 request body failed");
                     tx.abort(BoxError(Box::new(e)));
                     return;
                 }
+            }
+        }
+        if let Some(n) = declared.filter(|&n| received < n) {
+            tracing::debug!(
+                declared = n,
+                received,
+                "HTTP/3 request body shorter than declared"
+            );
+            tx.abort(Malformed::shorter(n, received));
+            return;
+        }
+        if let Some(bytes) = last {
+            if tx.send_data(bytes).await.is_err() {
+                return;
             }
         }
         if let Ok(Some(trailers)) = recv.recv_trailers().await {
             let _ = tx.send_trailers(trailers).await;
         }
     });
-    let (parts, ()) = head.into_parts();
     let req = Request::from_parts(parts, body.boxed_unsync());
 
     let Ok(response) = proxy::handle(shared, info, req).await else {
@@ -273,6 +356,83 @@ async fn request(
     }
     send.finish().await.map_err(boxed)?;
     Ok(())
+}
+
+/// The body length a request's `content-length` fields declare: `None`
+/// without one; `Err` when one is not a length, or two differ.
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut declared = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let digits = item.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .ok_or(())?;
+            if declared.is_some_and(|d| d != n) {
+                return Err(());
+            }
+            declared = Some(n);
+        }
+    }
+    Ok(declared)
+}
+
+/// Whether the request stream carries a body: `Some` at its first byte,
+/// `None` at its end.
+async fn first_data(
+    recv: &mut h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+) -> Result<Option<()>, h3::error::StreamError> {
+    while let Some(chunk) = recv.recv_data().await? {
+        if chunk.has_remaining() {
+            return Ok(Some(()));
+        }
+    }
+    Ok(None)
+}
+
+/// Answer a request the pipeline is not to see, as hyper answers the
+/// HTTP/1.1 requests it cannot parse, and count the answer (with no route
+/// nor pool, as `server` counts hyper's).
+async fn refuse(
+    send: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    info: &ConnInfo,
+    refused: ProxyError,
+) -> Result<(), h3::error::StreamError> {
+    tracing::debug!(error = %refused, "HTTP/3 request refused");
+    let response = refused.into_response();
+    proxy::requests::count(&info.listener, "", "", "", response.status().as_u16());
+    let (parts, mut body) = response.into_parts();
+    send.send_response(http::Response::from_parts(parts, ()))
+        .await?;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            send.send_data(data).await?;
+        }
+    }
+    send.finish().await
+}
+
+/// A request body that does not match its declared length.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request: {0}")]
+struct Malformed(String);
+
+impl Malformed {
+    fn longer(declared: u64) -> BoxError {
+        BoxError(Box::new(Malformed(format!(
+            "body longer than its content-length of {declared}"
+        ))))
+    }
+
+    fn shorter(declared: u64, received: u64) -> BoxError {
+        BoxError(Box::new(Malformed(format!(
+            "body of {received} bytes ended before its content-length of {declared}"
+        ))))
+    }
 }
 
 #[cfg(test)]

@@ -887,3 +887,160 @@ async fn the_connect_hook_sees_the_certificate_subject_and_optional_verification
         "{headers}"
     );
 }
+
+/// A backend that reads each request body whole and answers with its
+/// length; counts the request heads it got.
+async fn body_reading_backend() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            let text = match req.into_body().collect().await {
+                                Ok(b) => format!("read {}", b.to_bytes().len()),
+                                Err(e) => format!("body failed: {e}"),
+                            };
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// POST `body` over HTTP/3 with these `content-length` values, in one
+/// DATA frame, then FIN; the status and body of the answer.
+async fn h3_post(
+    sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    lengths: &[&str],
+    body: &'static [u8],
+) -> (u16, String) {
+    h3_post_frames(sender, lengths, &[body]).await
+}
+
+/// [`h3_post`] with the body in these DATA frames.
+async fn h3_post_frames(
+    sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    lengths: &[&str],
+    frames: &[&'static [u8]],
+) -> (u16, String) {
+    let mut request = http::Request::post("https://a.test/upload");
+    for length in lengths {
+        request = request.header("content-length", *length);
+    }
+    let exchange = async {
+        let mut stream = sender.send_request(request.body(()).unwrap()).await?;
+        // Refused early, adc may stop the upload: the answer still comes.
+        for frame in frames {
+            let _ = stream.send_data(bytes::Bytes::from_static(frame)).await;
+        }
+        let _ = stream.finish().await;
+        let response = stream.recv_response().await?;
+        let mut text = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            text.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok::<_, h3::error::StreamError>((
+            response.status().as_u16(),
+            String::from_utf8_lossy(&text).into_owned(),
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("adc answers")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_http3_body_that_does_not_match_its_content_length_is_the_clients_fault_not_the_members()
+{
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let a = ca.leaf(dir.path(), "a", &["a.test"]);
+    let (member, heads) = body_reading_backend().await;
+    // One failure would eject the only member.
+    let config = tls_listener(&[a], "http3 = true")
+        .replace("name = \"tls\"", "name = \"h3lengths\"")
+        .replace("pool = \"web\"", "pool = \"h3lengths\"")
+        + &pool_at("h3lengths", &[member])
+        + "\n[pools.h3lengths.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["h3lengths"];
+    let H3Client {
+        endpoint,
+        mut sender,
+        closed: drive,
+    } = H3Client::connect(addr, "a.test", &ca).await;
+
+    // Shorter than declared: malformed (RFC 9114 section 4.1.2).
+    for _ in 0..3 {
+        let (status, text) = h3_post(&mut sender, &["1000"], b"0123456789").await;
+        assert_eq!(status, 400, "{text}");
+    }
+    // Longer than declared.
+    let (status, text) = h3_post(&mut sender, &["5"], b"0123456789").await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = h3_post(&mut sender, &["0"], b"0123456789").await;
+    assert_eq!(status, 400, "{text}");
+    // The declared length whole in one frame, and more in the next: the
+    // backend's client has what it was told of by then.
+    let (status, text) = h3_post_frames(&mut sender, &["5"], &[b"01234", b"56789"]).await;
+    assert_eq!(status, 400, "{text}");
+    let before = heads.load(std::sync::atomic::Ordering::Relaxed);
+    // Not a length at all, or two that disagree: never forwarded.
+    for lengths in [
+        &["abc"][..],
+        &["-10"],
+        &["+10"],
+        &[""],
+        &["10", "11"],
+        &["10, 11"],
+    ] {
+        let (status, text) = h3_post(&mut sender, lengths, b"0123456789").await;
+        assert_eq!(status, 400, "{lengths:?}: {text}");
+    }
+    assert_eq!(heads.load(std::sync::atomic::Ordering::Relaxed), before);
+
+    // The member was never failed: it serves, and matching lengths (one
+    // value repeated too) pass.
+    for lengths in [&["10"][..], &["10", "10"], &["10, 10"], &[]] {
+        let (status, text) = h3_post(&mut sender, lengths, b"0123456789").await;
+        assert_eq!((status, text.as_str()), (200, "read 10"), "{lengths:?}");
+    }
+    let (status, text) = h3_post_frames(&mut sender, &["10"], &[b"01234", b"56789"]).await;
+    assert_eq!((status, text.as_str()), (200, "read 10"));
+    let (status, text) = h3_post_frames(&mut sender, &["0"], &[]).await;
+    assert_eq!((status, text.as_str()), (200, "read 0"));
+    assert_eq!(
+        adc.metric("adc_member_ejections_total", &[("pool", "h3lengths")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        adc.metric(
+            "adc_requests_total",
+            &[("listener", "h3lengths"), ("class", "4xx")]
+        )
+        .await,
+        12.0,
+        "every refusal is counted"
+    );
+    drop(sender);
+    drive.abort();
+    endpoint.close(0u32.into(), b"done");
+}
