@@ -733,7 +733,12 @@ async fn forward(
             } else {
                 "http"
             };
-            let authority = txn.ex.host().unwrap_or_else(|| member.address.to_string());
+            // :authority carries what Host did, port included.
+            let authority = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map_or_else(|| member.address.to_string(), str::to_owned);
             let target = request
                 .uri()
                 .path_and_query()

@@ -273,6 +273,38 @@ async fn a_pool_with_every_member_drained_says_so() {
     assert_eq!(b.hits(), 0);
 }
 
+/// An HTTP/2 pool gets the client's Host as :authority with its port, as
+/// an HTTP/1.1 pool gets it in Host (it lost the port; found by a
+/// fresh-user review).
+#[tokio::test]
+async fn an_http2_pool_gets_the_host_with_its_port_as_authority() {
+    let b = backend_with(std::sync::Arc::new(|req| {
+        let seen = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(seen)));
+        *r.version_mut() = req.version();
+        r
+    }))
+    .await;
+    let config = listener("web", &[])
+        + &pool("web", "round_robin", &[&b])
+            .replace("[pools.web]\n", "[pools.web]\nhttp2 = true\n");
+    let adc = Adc::start(&config).await;
+    for host in ["example.com:8443", "example.com"] {
+        let r = client()
+            .get(adc.url("web", "/"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), host);
+    }
+}
+
 /// CONNECT asks for a tunnel, which a reverse proxy does not open: 501,
 /// not the 400 its target used to get. `OPTIONS *` goes where a request
 /// for "/" goes (it used to find no route).
