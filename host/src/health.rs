@@ -39,16 +39,20 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
         let Some(health) = pool.health.as_ref() else {
             return;
         };
-        let ok = match tokio::time::timeout(health.timeout, probe(health, &member, &pool.upstream))
-            .await
+        let failure = match tokio::time::timeout(
+            health.timeout,
+            probe(health, &member, &pool.upstream),
+        )
+        .await
         {
-            Ok(Ok(())) => true,
-            Ok(Err(reason)) => {
-                tracing::debug!(pool = %pool.name, member = %member.name, %reason, "health probe failed");
-                false
-            }
-            Err(_) => false,
+            Ok(Ok(())) => None,
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some(format!("no answer within {:?}", health.timeout)),
         };
+        if let Some(reason) = &failure {
+            tracing::debug!(pool = %pool.name, member = %member.name, %reason, "health probe failed");
+        }
+        let ok = failure.is_none();
         metrics::counter!("adc_health_checks_total", "pool" => pool.name.clone(), "member" => member.name.clone(), "result" => if ok { "pass" } else { "fail" }).increment(1);
         let healthy = member.healthy.load(Ordering::Relaxed);
         if ok {
@@ -62,8 +66,9 @@ async fn probe_loop(pool: Weak<Pool>, member: Arc<Member>, interval: Duration) {
             fails += 1;
             passes = 0;
             if healthy && fails >= health.fall {
+                let reason = failure.as_deref().unwrap_or_default();
+                tracing::warn!(pool = %pool.name, member = %member.name, fails, %reason, "member is down");
                 member.healthy.store(false, Ordering::Relaxed);
-                tracing::warn!(pool = %pool.name, member = %member.name, "member is down");
             }
         }
         metrics::gauge!("adc_member_healthy", "pool" => pool.name.clone(), "member" => member.name.clone())

@@ -687,6 +687,16 @@ async fn health_rise_and_fall_counts_are_honoured() {
         assert!(healthy(&adc, "checked", "a").await, "a stays in");
         tokio::time::sleep(poll).await;
     }
+    // The warning, logged before the member is marked down, says why (it
+    // said only "member is down").
+    let log = adc_tests::logged();
+    assert!(
+        log.lines().any(|l| l.contains("member is down")
+            && l.contains("pool=checked")
+            && l.contains("member=b")
+            && l.contains("status 500")),
+        "{log}"
+    );
     let http = client();
     for _ in 0..10 {
         let r = http.get(adc.url("web", "/")).send().await.unwrap();
