@@ -136,8 +136,12 @@ async fn tcp_connection(
         .await;
         let mut backend = match connected {
             Ok(Ok(s)) => s,
-            _ => {
-                pool.record_failure(index);
+            Ok(Err(e)) => {
+                pool.record_failure(index, &e);
+                continue;
+            }
+            Err(_) => {
+                pool.record_failure(index, &"connect timed out");
                 continue;
             }
         };
@@ -422,7 +426,7 @@ async fn new_flow(
                     );
                     let _ = socket.send_to(&buf[..n], client).await;
                 }
-                Ok(Err(_)) => pool.record_failure(index),
+                Ok(Err(e)) => pool.record_failure(index, &e),
                 Err(_) => {}
             }
             let quiet = started

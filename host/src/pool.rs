@@ -314,17 +314,20 @@ impl Pool {
     }
 
     /// A request to member `i` failed (connect error, timeout, or a 5xx when
-    /// counted): eject it after enough failures in a row.
-    pub fn record_failure(&self, i: usize) {
+    /// counted) for the reason `why`: eject it after enough failures in a
+    /// row, saying why the last one failed.
+    pub fn record_failure(&self, i: usize, why: &dyn std::fmt::Display) {
         let m = &self.members[i];
         let failures = m.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if self.passive.consecutive_failures > 0 && failures >= self.passive.consecutive_failures {
+            // Said before it takes effect: whoever sees the ejection can
+            // find why in the log.
+            tracing::warn!(pool = %self.name, member = %m.name, failures, last = %why, cooldown = ?self.passive.cooldown, "member ejected after consecutive failures");
+            metrics::counter!("adc_member_ejections_total", "pool" => self.name.clone(), "member" => m.name.clone()).increment(1);
             let until = self.now_ms()
                 + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
             m.ejected_until.store(until, Ordering::Relaxed);
             m.consecutive_failures.store(0, Ordering::Relaxed);
-            metrics::counter!("adc_member_ejections_total", "pool" => self.name.clone(), "member" => m.name.clone()).increment(1);
-            tracing::warn!(pool = %self.name, member = %m.name, failures, cooldown = ?self.passive.cooldown, "member ejected after consecutive failures");
         }
     }
 
@@ -471,14 +474,14 @@ mod tests {
     fn ejection_follows_consecutive_failures_and_success_resets_the_count() {
         let p = pool("round_robin", &[1, 1]);
         for _ in 0..4 {
-            p.record_failure(0);
+            p.record_failure(0, &"test");
         }
         p.record_success(0);
         for _ in 0..4 {
-            p.record_failure(0);
+            p.record_failure(0, &"test");
         }
         assert!(!p.ejected(0));
-        p.record_failure(0);
+        p.record_failure(0, &"test");
         assert!(p.ejected(0));
         assert_eq!(p.select(None, &[]), Some(1));
         assert_eq!(p.select(None, &[]), Some(1));

@@ -564,7 +564,7 @@ async fn pipeline(
                             ProxyError::RequestBodyTimeout(e.to_string())
                         }
                         Some(m) => {
-                            m.pool.record_failure(m.index);
+                            m.pool.record_failure(m.index, &e);
                             ProxyError::Upstream("response body".into(), e.to_string())
                         }
                         None => ProxyError::Upstream("response body".into(), e.to_string()),
@@ -716,7 +716,7 @@ async fn forward(
         let mut conn = match upstream::checkout(key, &how).await {
             Ok(c) => c,
             Err(e) => {
-                pool.record_failure(index);
+                pool.record_failure(index, &e);
                 last_error = Some(ProxyError::Connect(e.to_string()));
                 if let Some(end) = backend_failed(txn, backend, &e.to_string()) {
                     return Err(end);
@@ -765,7 +765,7 @@ async fn forward(
                 let excused = counted && upload::client_at_fault(upload.as_ref());
                 let failed = counted && !excused;
                 if failed {
-                    pool.record_failure(index);
+                    pool.record_failure(index, &format_args!("status {}", response.status()));
                 }
                 served.chosen = Some(delivery::Answered {
                     pool: pool.clone(),
@@ -818,7 +818,7 @@ async fn forward(
                     last_error = Some(ProxyError::Upstream(member.address.to_string(), reason));
                     continue;
                 }
-                pool.record_failure(index);
+                pool.record_failure(index, &reason);
                 last_error = Some(ProxyError::Upstream(
                     member.address.to_string(),
                     reason.clone(),
@@ -842,7 +842,10 @@ async fn forward(
                         return Err(ProxyError::RequestBodyTimeout(waited).into());
                     }
                 }
-                pool.record_failure(index);
+                pool.record_failure(
+                    index,
+                    &format_args!("no answer within {:?}", limits.header_timeout),
+                );
                 let e =
                     ProxyError::UpstreamTimeout(member.address.to_string(), limits.header_timeout);
                 if let Some(end) = backend_failed(txn, backend, &e.to_string()) {

@@ -602,6 +602,16 @@ async fn a_member_killed_under_load_is_ejected_and_no_idempotent_request_fails()
     assert!(answered.load(Ordering::SeqCst) > 100);
     let status = member_status(&adc, "killed", "b").await;
     assert!(status["ejected_for_ms"].is_u64(), "b is ejected: {status}");
+    // The warning says what the last failure was (it gave only a count).
+    let log = adc_tests::logged();
+    assert!(
+        log.lines().any(|l| l.contains("member ejected")
+            && l.contains("pool=killed")
+            && l.contains("member=b")
+            && l.contains("last=")
+            && !l.contains("last= ")),
+        "{log}"
+    );
     for m in ["a", "c"] {
         let status = member_status(&adc, "killed", m).await;
         assert!(status["ejected_for_ms"].is_null(), "{m} is not: {status}");

@@ -184,7 +184,7 @@ impl Delivery {
             "backend response body ended early; the client's response is cut"
         );
         if let Some(m) = &self.origin.member {
-            m.pool.record_failure(m.index);
+            m.pool.record_failure(m.index, error);
         }
     }
 
