@@ -16,38 +16,62 @@ use adc_tests::{backend, client, listener, pool, Adc};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-/// A backend that reads the whole request body, then answers with its
-/// length; a request to `/echo` is answered at once with the body streamed
-/// back as it comes.
-async fn reading_backend() -> SocketAddr {
+/// A backend on a port of its own, serving each connection with `serve`.
+async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        if req.uri().path() == "/echo" {
-                            let body = req.into_body().boxed_unsync();
-                            return Ok::<_, Infallible>(http::Response::new(body));
-                        }
-                        let text = match req.into_body().collect().await {
-                            Ok(b) => format!("read {}", b.to_bytes().len()),
-                            Err(e) => format!("body failed: {e}"),
-                        };
-                        let body = Full::new(Bytes::from(text))
-                            .map_err(|never| match never {})
-                            .boxed_unsync();
-                        Ok(http::Response::new(body))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve(stream));
         }
     });
     addr
+}
+
+/// Read from `stream` until a request head has arrived: every byte read,
+/// or `None` when the connection ended first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(seen)
+}
+
+/// A backend that reads the whole request body, then answers with its
+/// length; a request to `/echo` is answered at once with the body streamed
+/// back as it comes.
+async fn reading_backend() -> SocketAddr {
+    raw_backend(|stream| async move {
+        let service =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                if req.uri().path() == "/echo" {
+                    let body = req.into_body().boxed_unsync();
+                    return Ok::<_, Infallible>(http::Response::new(body));
+                }
+                let text = match req.into_body().collect().await {
+                    Ok(b) => format!("read {}", b.to_bytes().len()),
+                    Err(e) => format!("body failed: {e}"),
+                };
+                let body = Full::new(Bytes::from(text))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                Ok(http::Response::new(body))
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// Send `first`, read the head of the answer when `between` is given and
@@ -166,32 +190,25 @@ async fn a_clients_broken_or_slow_request_body_never_counts_against_the_member()
 /// gives up on a slow upload.
 async fn impatient_backend() -> SocketAddr {
     use tokio::io::AsyncReadExt;
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                loop {
-                    let body = seen
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|end| seen.len() - end - 4);
-                    if body.is_some_and(|n| n >= 10) {
-                        let more = stream.read(&mut buf);
-                        let _ = tokio::time::timeout(Duration::from_millis(1500), more).await;
-                        return;
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
+    raw_backend(|mut stream| async move {
+        let Some(mut seen) = read_head(&mut stream).await else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        loop {
+            let end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+            if end.is_some_and(|end| seen.len() - end - 4 >= 10) {
+                let more = stream.read(&mut buf);
+                let _ = tokio::time::timeout(Duration::from_millis(1500), more).await;
+                return;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -222,24 +239,10 @@ async fn a_backend_giving_up_on_a_slow_upload_is_not_failed_for_it() {
 /// A backend that reads a request head and closes the connection: a
 /// failing one, whatever the request's body.
 async fn closing_backend() -> SocketAddr {
-    use tokio::io::AsyncReadExt;
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
+    raw_backend(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -288,34 +291,25 @@ async fn a_backend_closing_on_a_flowing_upload_is_failed_for_it() {
 /// timeout), then answers 504 when it did not get it all; `/fail` is
 /// answered 500 at once.
 async fn timing_out_backend() -> SocketAddr {
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let fail = req.uri().path() == "/fail";
-                        let read = req.into_body().collect();
-                        let status =
-                            match tokio::time::timeout(Duration::from_millis(1500), read).await {
-                                Ok(Ok(_)) if fail => 500,
-                                Ok(Ok(_)) => 200,
-                                _ => 504,
-                            };
-                        let mut response =
-                            http::Response::new(Full::new(Bytes::from_static(b"done")));
-                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(response)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+    raw_backend(|stream| async move {
+        let service =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let fail = req.uri().path() == "/fail";
+                let read = req.into_body().collect();
+                let status = match tokio::time::timeout(Duration::from_millis(1500), read).await {
+                    Ok(Ok(_)) if fail => 500,
+                    Ok(Ok(_)) => 200,
+                    _ => 504,
+                };
+                let mut response = http::Response::new(Full::new(Bytes::from_static(b"done")));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(response)
             });
-        }
-    });
-    addr
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -390,37 +384,26 @@ async fn a_5xx_for_a_stalled_upload_does_not_count_as_a_success_either() {
 /// A backend that answers with a 50 MiB body, and gives up when a write of
 /// it is stuck for 1.5 s (its own send timeout).
 async fn sending_backend() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = socket.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let size = 50 * 1024 * 1024;
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
-                if stream.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                let chunk = vec![b'a'; 64 * 1024];
-                for _ in 0..size / chunk.len() {
-                    let write = stream.write_all(&chunk);
-                    match tokio::time::timeout(Duration::from_millis(1500), write).await {
-                        Ok(Ok(())) => {}
-                        _ => return,
-                    }
-                }
-            });
+    use tokio::io::AsyncWriteExt;
+    raw_backend(|mut stream| async move {
+        if read_head(&mut stream).await.is_none() {
+            return;
         }
-    });
-    addr
+        let size = 50 * 1024 * 1024;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            let write = stream.write_all(&chunk);
+            match tokio::time::timeout(Duration::from_millis(1500), write).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test]
