@@ -16,6 +16,14 @@ use adc_tests::{backend, client, listener, pool, Adc};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
+/// A listener in front of `member` alone, ejected at its first failure
+/// (for a minute): any failure blamed on it shows.
+fn one_strike(name: &str, member: SocketAddr) -> String {
+    listener(name, &[])
+        + &adc_tests::pool_at(name, &[member])
+        + &format!("\n[pools.{name}.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n")
+}
+
 /// A backend on a port of its own, serving each connection with `serve`.
 async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
 where
@@ -214,9 +222,7 @@ async fn impatient_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_backend_giving_up_on_a_slow_upload_is_not_failed_for_it() {
     let member = impatient_backend().await;
-    let config = listener("impatient", &[])
-        + &adc_tests::pool_at("impatient", &[member])
-        + "\n[pools.impatient.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let config = one_strike("impatient", member);
     let adc = Adc::start(&config).await;
     let addr = adc.running.listeners["web"];
     for _ in 0..2 {
@@ -248,9 +254,7 @@ async fn closing_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_backend_closing_on_a_flowing_upload_is_failed_for_it() {
     let member = closing_backend().await;
-    let config = listener("closehead", &[])
-        + &adc_tests::pool_at("closehead", &[member])
-        + "\n[pools.closehead.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let config = one_strike("closehead", member);
     let adc = Adc::start(&config).await;
     let addr = adc.running.listeners["web"];
     // 5 MB sent as fast as adc takes it: the client never stalls.
@@ -315,9 +319,7 @@ async fn timing_out_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_5xx_for_a_stalled_upload_is_passed_on_but_not_failed() {
     let member = timing_out_backend().await;
-    let config = listener("stalled5xx", &[])
-        + &adc_tests::pool_at("stalled5xx", &[member])
-        + "\n[pools.stalled5xx.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let config = one_strike("stalled5xx", member);
     let adc = Adc::start(&config).await;
     let addr = adc.running.listeners["web"];
     let answer = exchange(
@@ -409,9 +411,7 @@ async fn sending_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_backend_giving_up_on_a_client_that_stopped_reading_is_not_failed_for_it() {
     let member = sending_backend().await;
-    let config = listener("slowreader", &[])
-        + &adc_tests::pool_at("slowreader", &[member])
-        + "\n[pools.slowreader.passive]\nconsecutive_failures = 1\ncooldown = \"60s\"\n";
+    let config = one_strike("slowreader", member);
     let adc = Adc::start(&config).await;
     let addr = adc.running.listeners["web"];
     let read = tokio::task::spawn_blocking(move || {
