@@ -180,6 +180,16 @@ impl Adc {
             .expect("metrics text")
     }
 
+    /// Requests a listener answered with a status of `class` ("4xx"), as
+    /// `adc_requests_total` counts them.
+    pub async fn answered(&self, listener: &str, class: &str) -> f64 {
+        self.metric(
+            "adc_requests_total",
+            &[("listener", listener), ("class", class)],
+        )
+        .await
+    }
+
     /// The sum of the series of metric `name` that carry all of `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metrics_text()

@@ -507,12 +507,7 @@ async fn a_transfer_coding_other_than_chunked_gets_501_without_reaching_a_backen
     let b = backend("b").await;
     let adc = Adc::start(&alone("codings", &b)).await;
     let addr = adc.running.listeners["codings"];
-    let refused = || {
-        adc.metric(
-            "adc_requests_total",
-            &[("listener", "codings"), ("class", "5xx")],
-        )
-    };
+    let refused = || adc.answered("codings", "5xx");
     let before = refused().await;
     for coding in ["gzip, chunked", "identity, chunked", "chunked, chunked"] {
         let answer = raw(
@@ -591,12 +586,7 @@ async fn an_http1_head_over_the_default_limit_gets_431_and_is_counted() {
     let b = backend("b").await;
     let adc = Adc::start(&alone("h1-limit", &b)).await;
     let addr = adc.running.listeners["h1-limit"];
-    let refused = || {
-        adc.metric(
-            "adc_requests_total",
-            &[("listener", "h1-limit"), ("class", "4xx")],
-        )
-    };
+    let refused = || adc.answered("h1-limit", "4xx");
     let before = refused().await;
     let head = |value: usize| {
         format!(

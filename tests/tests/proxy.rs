@@ -178,12 +178,7 @@ async fn requests_the_http_parser_refuses_are_counted_as_4xx() {
         + "\n[limits]\nmax_header_bytes = 16384\n";
     let adc = Adc::start(&config).await;
     let addr = adc.running.listeners["refusals"];
-    let refused = || {
-        adc.metric(
-            "adc_requests_total",
-            &[("listener", "refusals"), ("class", "4xx")],
-        )
-    };
+    let refused = || adc.answered("refusals", "4xx");
     let before = refused().await;
 
     let too_large = format!(
@@ -848,12 +843,7 @@ async fn an_http2_header_list_over_the_limit_gets_431_and_is_counted() {
         + "\n[limits]\nmax_header_bytes = 16384\n";
     let adc = Adc::start(&config).await;
     let url = format!("http://{}/", adc.running.listeners["h2-refusals"]);
-    let refused = || {
-        adc.metric(
-            "adc_requests_total",
-            &[("listener", "h2-refusals"), ("class", "4xx")],
-        )
-    };
+    let refused = || adc.answered("h2-refusals", "4xx");
     let before = refused().await;
 
     let h2 = adc_tests::h2_client();

@@ -1032,11 +1032,7 @@ async fn an_http3_body_that_does_not_match_its_content_length_is_the_clients_fau
         0.0
     );
     assert_eq!(
-        adc.metric(
-            "adc_requests_total",
-            &[("listener", "h3lengths"), ("class", "4xx")]
-        )
-        .await,
+        adc.answered("h3lengths", "4xx").await,
         12.0,
         "every refusal is counted"
     );

@@ -297,6 +297,15 @@ impl Config {
                 }
             }
             for (j, r) in l.routes.iter().enumerate() {
+                let at_route = |k: &str| {
+                    key([
+                        "listener".into(),
+                        i.into(),
+                        "route".into(),
+                        j.into(),
+                        k.into(),
+                    ])
+                };
                 if !self.pools.contains_key(r.pool.get_ref()) {
                     return Err((
                         (&r.pool).into(),
@@ -327,13 +336,7 @@ impl Config {
                 }
                 if let Some(host) = r.host.as_deref().filter(|h| !valid_route_host(h)) {
                     return Err((
-                        key([
-                            "listener".into(),
-                            i.into(),
-                            "route".into(),
-                            j.into(),
-                            "host".into(),
-                        ]),
+                        at_route("host"),
                         format!(
                             "route host {host:?} is not a host name: write a name such as \
                              \"api.example.com\", \"*.example.com\" for any subdomain, or an \
@@ -343,13 +346,7 @@ impl Config {
                 }
                 if !r.path_prefix.starts_with('/') {
                     return Err((
-                        key([
-                            "listener".into(),
-                            i.into(),
-                            "route".into(),
-                            j.into(),
-                            "path_prefix".into(),
-                        ]),
+                        at_route("path_prefix"),
                         format!("path_prefix {:?} must start with '/'", r.path_prefix),
                     ));
                 }
