@@ -55,11 +55,31 @@ pub mod streaming_bindings {
     });
 }
 
+pub mod hooks_bindings {
+    //! The `hooks` export (world `hooks-policy`), whose hooks take no
+    //! handles; the imports are those of the `policy` world.
+    wasmtime::component::bindgen!({
+        path: "../wit/adc-policy@0.1.0",
+        world: "hooks-policy",
+        with: {
+            "adc:policy/types": super::bindings::adc::policy::types,
+            "adc:policy/http": super::bindings::adc::policy::http,
+            "adc:policy/log": super::bindings::adc::policy::log,
+            "adc:policy/kv": super::bindings::adc::policy::kv,
+            "adc:policy/metrics": super::bindings::adc::policy::metrics,
+            "adc:policy/clock": super::bindings::adc::policy::clock,
+            "adc:policy/random": super::bindings::adc::policy::random,
+            "adc:policy/crypto": super::bindings::adc::policy::crypto,
+            "adc:policy/pools": super::bindings::adc::policy::pools,
+        },
+    });
+}
+
 pub use bindings::adc::policy::pools::MemberStatus;
 pub use bindings::adc::policy::types::{
-    Backend, Connection, Decision, Header, Hooks, ListenerKind, Registration, Reply, Transaction,
+    Backend, ChunkOutput, Connection, Decision, Header, Hooks, ListenerKind, Registration, Reply,
+    Transaction,
 };
-pub use streaming_bindings::exports::adc::policy::streaming::ChunkOutput;
 
 /// The request handle a hook receives: it always stands for the exchange in
 /// the store during that call.

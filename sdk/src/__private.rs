@@ -11,8 +11,7 @@ mod wasm {
     use std::marker::PhantomData;
 
     use super::bindings::adc::policy::{http, types as wit};
-    use super::bindings::exports::adc::policy::handler::Guest;
-    use super::bindings::exports::adc::policy::streaming;
+    use super::bindings::exports::adc::policy::hooks::Guest;
     use crate::{Backend, Config, Connection, Decision, ListenerKind, Policy, Request, Response};
     use crate::{Hooks, Transaction};
 
@@ -20,7 +19,7 @@ mod wasm {
     pub mod bindings {
         wit_bindgen::generate!({
             path: "../wit/adc-policy@0.1.0",
-            world: "streaming-policy",
+            world: "hooks-policy",
             pub_export_macro: true,
             export_macro_name: "export",
             default_bindings_module: "adc_sdk::__private::bindings",
@@ -34,6 +33,9 @@ mod wasm {
         // One policy per component and one thread per instance: `init` fills
         // this once, every hook reads it.
         static POLICY: OnceCell<Box<dyn Any>> = const { OnceCell::new() };
+        // The host's handles for the request and response of whichever hook
+        // runs, taken at the first hook and kept: `hooks` pass no handles.
+        static CURRENT: OnceCell<(http::Request, http::Response)> = const { OnceCell::new() };
     }
 
     /// The exported handler for the policy type `P`.
@@ -46,6 +48,15 @@ mod wasm {
                 .and_then(|p| p.downcast_ref::<P>())
                 .expect("the host runs init before any hook");
             f(policy)
+        })
+    }
+
+    /// Run `f` with the policy and the request and response of this hook.
+    fn with_exchange<P: Policy, R>(f: impl FnOnce(&P, Request<'_>, Response<'_>) -> R) -> R {
+        CURRENT.with(|cell| {
+            let (req, resp) =
+                cell.get_or_init(|| (http::current_request(), http::current_response()));
+            with(|p: &P| f(p, Request::__from_sys(req), Response::__from_sys(resp)))
         })
     }
 
@@ -154,47 +165,50 @@ mod wasm {
             decision(with(|p: &P| p.on_connect(&conn)))
         }
 
-        fn on_request_headers(req: &http::Request) -> wit::Decision {
-            decision(with(|p: &P| {
-                p.on_request_headers(&Request::__from_sys(req))
-            }))
+        fn on_request_headers() -> wit::Decision {
+            decision(with_exchange(|p: &P, req, _| p.on_request_headers(&req)))
         }
 
-        fn on_request_body(req: &http::Request) -> wit::Decision {
-            decision(with(|p: &P| p.on_request_body(&Request::__from_sys(req))))
+        fn on_request_body() -> wit::Decision {
+            decision(with_exchange(|p: &P, req, _| p.on_request_body(&req)))
         }
 
-        fn on_backend_selected(req: &http::Request, b: wit::Backend) -> wit::Decision {
+        fn on_backend_selected(b: wit::Backend) -> wit::Decision {
             let b = backend(b);
-            decision(with(|p: &P| {
-                p.on_backend_selected(&Request::__from_sys(req), &b)
+            decision(with_exchange(|p: &P, req, _| {
+                p.on_backend_selected(&req, &b)
             }))
         }
 
-        fn on_backend_failed(
-            req: &http::Request,
-            b: wit::Backend,
-            reason: String,
-        ) -> wit::Decision {
+        fn on_backend_failed(b: wit::Backend, reason: String) -> wit::Decision {
             let b = backend(b);
-            decision(with(|p: &P| {
-                p.on_backend_failed(&Request::__from_sys(req), &b, &reason)
+            decision(with_exchange(|p: &P, req, _| {
+                p.on_backend_failed(&req, &b, &reason)
             }))
         }
 
-        fn on_response_headers(req: &http::Request, resp: &http::Response) -> wit::Decision {
-            decision(with(|p: &P| {
-                p.on_response_headers(&Request::__from_sys(req), &Response::__from_sys(resp))
+        fn on_response_headers() -> wit::Decision {
+            decision(with_exchange(|p: &P, req, resp| {
+                p.on_response_headers(&req, &resp)
             }))
         }
 
-        fn on_response_body(req: &http::Request, resp: &http::Response) -> wit::Decision {
-            decision(with(|p: &P| {
-                p.on_response_body(&Request::__from_sys(req), &Response::__from_sys(resp))
+        fn on_response_body() -> wit::Decision {
+            decision(with_exchange(|p: &P, req, resp| {
+                p.on_response_body(&req, &resp)
             }))
         }
 
-        fn on_end(req: &http::Request, summary: wit::Transaction) {
+        fn on_response_chunk(chunk: Vec<u8>, last: bool) -> wit::ChunkOutput {
+            let out =
+                with_exchange(|p: &P, req, resp| p.on_response_chunk(&req, &resp, &chunk, last));
+            wit::ChunkOutput {
+                data: out.data,
+                hold: u32::try_from(out.hold).unwrap_or(u32::MAX),
+            }
+        }
+
+        fn on_end(summary: wit::Transaction) {
             let summary = Transaction {
                 status: summary.status,
                 duration_ns: summary.duration_ns,
@@ -202,25 +216,7 @@ mod wasm {
                 backend: summary.backend.map(backend),
                 error: summary.error,
             };
-            with(|p: &P| p.on_end(&Request::__from_sys(req), &summary));
-        }
-    }
-
-    impl<P: Policy> streaming::Guest for Export<P> {
-        fn on_response_chunk(
-            req: &http::Request,
-            resp: &http::Response,
-            chunk: Vec<u8>,
-            last: bool,
-        ) -> streaming::ChunkOutput {
-            let out = with(|p: &P| {
-                let (req, resp) = (Request::__from_sys(req), Response::__from_sys(resp));
-                p.on_response_chunk(&req, &resp, &chunk, last)
-            });
-            streaming::ChunkOutput {
-                data: out.data,
-                hold: u32::try_from(out.hold).unwrap_or(u32::MAX),
-            }
+            with_exchange(|p: &P, req, _| p.on_end(&req, &summary));
         }
     }
 }

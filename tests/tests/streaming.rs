@@ -347,3 +347,30 @@ async fn a_policy_built_before_streaming_loads_and_is_refused_a_stream() {
     assert_eq!(response.headers()["content-length"], "12");
     assert_eq!(response.text().await.unwrap(), "plain GET /x");
 }
+
+/// A component exporting `handler` and `streaming`, whose hooks receive
+/// borrowed handles, as the SDK built them before the `hooks` interface:
+/// the host runs every hook of it as before, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn a_policy_of_the_handler_and_streaming_exports_runs_as_before() {
+    policy("fixture-handler-streaming");
+    let b: Backend = backend("plain").await;
+    let config = listener("web", &["legacy"])
+        + &pool("web", "round_robin", &[&b])
+        + "\n[policies.legacy]\nfile = \"fixture-handler-streaming.wasm\"\n";
+    let adc = Adc::start(&config).await;
+    for (version, client) in clients() {
+        let response = client
+            .get(adc.url("web", "/x"))
+            .header("x-in", "forty-two")
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["x-handler"], "yes", "{version}");
+        assert_eq!(headers["x-method"], "GET", "{version}");
+        assert_eq!(headers["x-echo-x-copied"], "forty-two", "{version}");
+        assert!(headers.get("content-length").is_none(), "{version}");
+        assert_eq!(response.text().await.unwrap(), "PLAIN GET /X", "{version}");
+    }
+}

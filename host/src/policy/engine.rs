@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use super::bindings::{Policy, PolicyPre};
-use super::instance::{Fault, LoadedPolicy};
+use super::bindings::Policy;
+use super::instance::{Fault, LoadedPolicy, Pre};
 use super::kv::Table;
 use super::state::{Shared, StoreState};
 use super::{PolicyOptions, PoolDirectory};
@@ -240,7 +240,7 @@ impl Engine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = PolicyPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = Pre::new(pre)?;
         let shared = Arc::new(Shared {
             name: Arc::from(name),
             table: self.table(name, options.kv_entries),

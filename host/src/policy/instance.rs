@@ -9,11 +9,11 @@ use std::time::{Instant, SystemTime};
 use wasmtime::component::Resource;
 use wasmtime::Store;
 
-use super::bindings::exports::adc::policy::handler::Guest;
 use super::bindings::{Policy, PolicyPre};
 use super::budget::Budget;
 use super::engine::LoadError;
 use super::exchange::Exchange;
+use super::hooks_bindings::{HooksPolicy, HooksPolicyPre};
 use super::state::{Limiter, Shared, StoreState};
 use super::streaming_bindings::exports::adc::policy::streaming::GuestIndices as StreamingIndices;
 use super::{Backend, ChunkOutput, Connection, Decision, Hook, Hooks};
@@ -70,14 +70,53 @@ impl HookMetrics {
     }
 }
 
+/// A component ready to instantiate, by the interface its hooks come in.
+pub(super) enum Pre {
+    /// `hooks`: hooks without handles (what the SDK builds).
+    Hooks(HooksPolicyPre<StoreState>),
+    /// `handler`, and `streaming` when the component has it: components
+    /// built before `hooks` existed.
+    Handler {
+        pre: PolicyPre<StoreState>,
+        streaming: Option<StreamingIndices>,
+    },
+}
+
+impl Pre {
+    /// Take the `hooks` export when the component has one, else `handler`.
+    pub(super) fn new(pre: wasmtime::component::InstancePre<StoreState>) -> Result<Pre, LoadError> {
+        if let Ok(hooks) = HooksPolicyPre::new(pre.clone()) {
+            return Ok(Pre::Hooks(hooks));
+        }
+        let streaming = StreamingIndices::new(&pre).ok();
+        let pre = PolicyPre::new(pre).map_err(|e| {
+            LoadError::Link(format!(
+                "it exports neither `adc:policy/hooks` nor `adc:policy/handler`: {e:#}"
+            ))
+        })?;
+        Ok(Pre::Handler { pre, streaming })
+    }
+
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<StoreState> {
+        match self {
+            Pre::Hooks(pre) => pre.instance_pre(),
+            Pre::Handler { pre, .. } => pre.instance_pre(),
+        }
+    }
+}
+
+/// An instance's exports, by the interface its hooks come in.
+enum Bindings {
+    Hooks(HooksPolicy),
+    Handler(Policy),
+}
+
 /// One version of a policy, ready to run on any worker.
 pub struct LoadedPolicy {
     id: u64,
     name: Arc<str>,
     version: String,
-    pre: PolicyPre<StoreState>,
-    /// Where the `streaming` export is, when the component has one.
-    streaming: Option<StreamingIndices>,
+    pre: Pre,
     shared: Arc<Shared>,
     options: PolicyOptions,
     registration: Registration,
@@ -103,7 +142,7 @@ struct Instance {
     policy_id: u64,
     name: Arc<str>,
     store: Store<StoreState>,
-    bindings: Policy,
+    bindings: Bindings,
 }
 
 thread_local! {
@@ -115,7 +154,7 @@ impl LoadedPolicy {
     pub(super) fn start(
         name: &str,
         version: String,
-        pre: PolicyPre<StoreState>,
+        pre: Pre,
         shared: Arc<Shared>,
         options: PolicyOptions,
     ) -> Result<Arc<LoadedPolicy>, LoadError> {
@@ -129,13 +168,11 @@ impl LoadedPolicy {
                 _ => HookMetrics::none(),
             })
             .collect();
-        let streaming = StreamingIndices::new(pre.instance_pre()).ok();
         let mut policy = LoadedPolicy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
             version,
             pre,
-            streaming,
             shared,
             options,
             registration: Registration {
@@ -196,10 +233,14 @@ impl LoadedPolicy {
         self.options.fail_open
     }
 
-    /// Whether the component exports the `streaming` hook, so that it may
-    /// ask for response bodies piece by piece.
+    /// Whether the component has a hook for response bodies piece by
+    /// piece (in `hooks`, or the `streaming` export), so that it may ask
+    /// for them.
     pub fn streams(&self) -> bool {
-        self.streaming.is_some()
+        match &self.pre {
+            Pre::Hooks(_) => true,
+            Pre::Handler { streaming, .. } => streaming.is_some(),
+        }
     }
 
     fn new_store(&self) -> Store<StoreState> {
@@ -213,8 +254,9 @@ impl LoadedPolicy {
             budget: Budget::new(self.options.cpu_budget),
             started: Instant::now(),
             streaming: None,
+            streams: self.streams(),
         };
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.pre.instance_pre().engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().budget.on_deadline()));
         store
@@ -246,21 +288,28 @@ impl LoadedPolicy {
             Ok(i) => i,
             Err(e) => return Err(LoadError::Trap(self.fault(&store, &e))),
         };
-        let bindings =
-            Policy::new(&mut store, &instance).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        if let Some(indices) = &self.streaming {
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-            store.data_mut().streaming = Some(guest);
-        }
+        let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
+        let bindings = match &self.pre {
+            Pre::Hooks(_) => {
+                Bindings::Hooks(HooksPolicy::new(&mut store, &instance).map_err(link)?)
+            }
+            Pre::Handler { streaming, .. } => {
+                if let Some(indices) = streaming {
+                    let guest = indices.load(&mut store, &instance).map_err(link)?;
+                    store.data_mut().streaming = Some(guest);
+                }
+                Bindings::Handler(Policy::new(&mut store, &instance).map_err(link)?)
+            }
+        };
         Self::arm(&mut store);
         let metrics = &self.hook_metrics[Hook::Init as usize];
         metrics.calls.increment(1);
         let started = quanta::Instant::now();
-        let init = bindings
-            .adc_policy_handler()
-            .call_init(&mut store, &self.options.settings_json);
+        let settings = &self.options.settings_json;
+        let init = match &bindings {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_init(&mut store, settings),
+            Bindings::Handler(b) => b.adc_policy_handler().call_init(&mut store, settings),
+        };
         metrics.duration.record(started.elapsed().as_secs_f64());
         let registration = match init {
             Ok(Ok(r)) => r,
@@ -282,7 +331,7 @@ impl LoadedPolicy {
         &self,
         hook: Hook,
         exchange: Option<Box<Exchange>>,
-        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> (Option<Box<Exchange>>, Result<R, Fault>) {
         INSTANCES.with(|cell| {
             let mut instances = cell.borrow_mut();
@@ -320,7 +369,7 @@ impl LoadedPolicy {
             let instance = &mut instances[index];
             instance.store.data_mut().exchange = exchange;
             Self::arm(&mut instance.store);
-            let result = f(instance.bindings.adc_policy_handler(), &mut instance.store);
+            let result = f(&instance.bindings, &mut instance.store);
             let exchange = instance.store.data_mut().exchange.take();
             metrics.duration.record(started.elapsed().as_secs_f64());
 
@@ -350,22 +399,27 @@ impl LoadedPolicy {
     }
 
     pub fn on_connect(&self, conn: &Connection) -> Result<Decision, Fault> {
-        self.call(Hook::Connect, None, |g, s| g.call_on_connect(s, conn))
-            .1
+        self.call(Hook::Connect, None, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_connect(s, conn),
+            Bindings::Handler(b) => b.adc_policy_handler().call_on_connect(s, conn),
+        })
+        .1
     }
 
     pub fn on_request_headers(
         &self,
         ex: Box<Exchange>,
     ) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::RequestHeaders, ex, |g, s| {
-            g.call_on_request_headers(s, request())
+        self.call_exchange(Hook::RequestHeaders, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_request_headers(s),
+            Bindings::Handler(b) => b.adc_policy_handler().call_on_request_headers(s, request()),
         })
     }
 
     pub fn on_request_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::RequestBody, ex, |g, s| {
-            g.call_on_request_body(s, request())
+        self.call_exchange(Hook::RequestBody, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_request_body(s),
+            Bindings::Handler(b) => b.adc_policy_handler().call_on_request_body(s, request()),
         })
     }
 
@@ -374,8 +428,12 @@ impl LoadedPolicy {
         ex: Box<Exchange>,
         backend: &Backend,
     ) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::BackendSelected, ex, |g, s| {
-            g.call_on_backend_selected(s, request(), backend)
+        self.call_exchange(Hook::BackendSelected, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_backend_selected(s, backend),
+            Bindings::Handler(b) => {
+                b.adc_policy_handler()
+                    .call_on_backend_selected(s, request(), backend)
+            }
         })
     }
 
@@ -385,8 +443,14 @@ impl LoadedPolicy {
         backend: &Backend,
         reason: &str,
     ) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::BackendFailed, ex, |g, s| {
-            g.call_on_backend_failed(s, request(), backend, reason)
+        self.call_exchange(Hook::BackendFailed, ex, |b, s| match b {
+            Bindings::Hooks(b) => b
+                .adc_policy_hooks()
+                .call_on_backend_failed(s, backend, reason),
+            Bindings::Handler(b) => {
+                b.adc_policy_handler()
+                    .call_on_backend_failed(s, request(), backend, reason)
+            }
         })
     }
 
@@ -394,31 +458,45 @@ impl LoadedPolicy {
         &self,
         ex: Box<Exchange>,
     ) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::ResponseHeaders, ex, |g, s| {
-            g.call_on_response_headers(s, request(), response())
+        self.call_exchange(Hook::ResponseHeaders, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_response_headers(s),
+            Bindings::Handler(b) => {
+                b.adc_policy_handler()
+                    .call_on_response_headers(s, request(), response())
+            }
         })
     }
 
     pub fn on_response_body(&self, ex: Box<Exchange>) -> (Box<Exchange>, Result<Decision, Fault>) {
-        self.call_exchange(Hook::ResponseBody, ex, |g, s| {
-            g.call_on_response_body(s, request(), response())
+        self.call_exchange(Hook::ResponseBody, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_response_body(s),
+            Bindings::Handler(b) => {
+                b.adc_policy_handler()
+                    .call_on_response_body(s, request(), response())
+            }
         })
     }
 
-    /// A piece of a streamed response body; see the WIT `streaming`
-    /// interface. Only for a policy that [`streams`](Self::streams).
+    /// A piece of a streamed response body; see `on-response-chunk` in the
+    /// WIT. Only for a policy that [`streams`](Self::streams).
     pub fn on_response_chunk(
         &self,
         ex: Box<Exchange>,
         chunk: &[u8],
         last: bool,
     ) -> (Box<Exchange>, Result<ChunkOutput, Fault>) {
-        self.call_exchange(Hook::ResponseChunk, ex, |_, s| {
-            let guest =
-                s.data().streaming.clone().ok_or_else(|| {
+        self.call_exchange(Hook::ResponseChunk, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_response_chunk(s, chunk, last),
+            Bindings::Handler(_) => {
+                let guest = s.data().streaming.clone().ok_or_else(|| {
                     wasmtime::Error::msg("the component exports no streaming hook")
                 })?;
-            guest.call_on_response_chunk(s, request(), response(), chunk, last)
+                let out = guest.call_on_response_chunk(s, request(), response(), chunk, last)?;
+                Ok(ChunkOutput {
+                    data: out.data,
+                    hold: out.hold,
+                })
+            }
         })
     }
 
@@ -427,14 +505,17 @@ impl LoadedPolicy {
         ex: Box<Exchange>,
         summary: &Transaction,
     ) -> (Box<Exchange>, Result<(), Fault>) {
-        self.call_exchange(Hook::End, ex, |g, s| g.call_on_end(s, request(), summary))
+        self.call_exchange(Hook::End, ex, |b, s| match b {
+            Bindings::Hooks(b) => b.adc_policy_hooks().call_on_end(s, summary),
+            Bindings::Handler(b) => b.adc_policy_handler().call_on_end(s, request(), summary),
+        })
     }
 
     fn call_exchange<R>(
         &self,
         hook: Hook,
         ex: Box<Exchange>,
-        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> (Box<Exchange>, Result<R, Fault>) {
         let (ex, result) = self.call(hook, Some(ex), f);
         (

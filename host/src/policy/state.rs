@@ -40,6 +40,9 @@ pub struct StoreState {
     pub started: Instant,
     /// The instance's `streaming` export, when its component has one.
     pub streaming: Option<StreamingGuest>,
+    /// Whether the component has a hook for streamed bodies (in `hooks`,
+    /// or the `streaming` export), so that `stream-body` may be granted.
+    pub streams: bool,
 }
 
 /// Memory cap of an instance; remembers when it refused to grow, so a trap
@@ -314,7 +317,17 @@ impl pools::Host for StoreState {
     }
 }
 
-impl whttp::Host for StoreState {}
+/// Like the handles passed to `handler`'s hooks, these stand for the
+/// exchange in the store whenever they are used; the guest keeps them.
+impl whttp::Host for StoreState {
+    fn current_request(&mut self) -> Resource<RequestRef> {
+        Resource::new_own(0)
+    }
+
+    fn current_response(&mut self) -> Resource<ResponseRef> {
+        Resource::new_own(1)
+    }
+}
 
 /// The request a hook receives is always the exchange in the store: there
 /// is one per call, so the handle's number carries nothing.
@@ -590,7 +603,7 @@ impl whttp::HostResponse for StoreState {
     }
 
     fn stream_body(&mut self, _: Resource<ResponseRef>) -> Result<(), types::EditError> {
-        let exports = self.streaming.is_some();
+        let exports = self.streams;
         match self.exchange_mut() {
             Some(e) if exports && matches!(e.body_stream, BodyStream::Open | BodyStream::Asked) => {
                 e.body_stream = BodyStream::Asked;
