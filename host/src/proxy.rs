@@ -158,35 +158,93 @@ enum Flow {
     Reject,
 }
 
-fn reply_response(reply: Reply) -> Response<Body> {
-    let mut response = Response::new(full(reply.body));
-    *response.status_mut() =
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+/// A policy's own answer. What HTTP cannot carry is left out, and each
+/// such part counted and logged: a header the host manages or that is not
+/// valid, a body on a status that has none. A status that is not a final
+/// one (1xx, or outside 100-999) gives 500 instead.
+fn reply_response(policy: &PolicyRef, hook: Hook, reply: Reply) -> Response<Body> {
+    let status = match StatusCode::from_u16(reply.status) {
+        Ok(s) if !s.is_informational() => s,
+        _ => {
+            invalid_answer(policy, hook, &format_args!("status {}", reply.status));
+            return ProxyError::Policy(
+                policy.name().to_owned(),
+                format!(
+                    "answered with status {}, which is not a final status",
+                    reply.status
+                ),
+            )
+            .into_response();
+        }
+    };
+    let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    if bodiless && !reply.body.is_empty() {
+        invalid_answer(policy, hook, &format_args!("a body with status {status}"));
+    }
+    let body = if bodiless { Vec::new() } else { reply.body };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
     for h in reply.headers {
         if adc_sdk::text::is_managed_header(&h.name) {
+            invalid_answer(
+                policy,
+                hook,
+                &format_args!("header {:?}, which adc manages", h.name),
+            );
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
+        match (
             header::HeaderName::from_bytes(h.name.as_bytes()),
             HeaderValue::from_str(&h.value),
         ) {
-            response.headers_mut().append(name, value);
+            (Ok(name), Ok(value)) => {
+                response.headers_mut().append(name, value);
+            }
+            _ => invalid_answer(
+                policy,
+                hook,
+                &format_args!("header {:?}, not valid", h.name),
+            ),
         }
     }
     response
 }
 
-fn redirect_response(status: u16, location: &str) -> Response<Body> {
+/// A policy's redirect; one whose target cannot be a Location value gives
+/// 500, counted and logged.
+fn redirect_response(
+    policy: &PolicyRef,
+    hook: Hook,
+    status: u16,
+    location: &str,
+) -> Response<Body> {
+    let Ok(value) = HeaderValue::from_str(location) else {
+        invalid_answer(policy, hook, &format_args!("redirect target {location:?}"));
+        return ProxyError::Policy(
+            policy.name().to_owned(),
+            "redirected to a target that is not a valid Location".into(),
+        )
+        .into_response();
+    };
     let status = match status {
         301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
         _ => StatusCode::FOUND,
     };
     let mut response = Response::new(empty());
     *response.status_mut() = status;
-    if let Ok(value) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
+    response.headers_mut().insert(header::LOCATION, value);
     response
+}
+
+/// Count and log a part of a policy's answer that HTTP cannot carry.
+fn invalid_answer(policy: &PolicyRef, hook: Hook, what: &dyn std::fmt::Display) {
+    metrics::counter!("adc_policy_invalid_answers_total", "policy" => policy.name().to_owned(), "hook" => hook.name())
+        .increment(1);
+    tracing::warn!(
+        policy = policy.name(),
+        hook = hook.name(),
+        "answer left out {what}"
+    );
 }
 
 /// Count a decision a hook may not return; it is taken as `continue`.
@@ -210,6 +268,12 @@ struct Txn {
     /// Where in the chain the policies are that asked to stream the
     /// response body.
     streams: Vec<usize>,
+    /// The pool and the place in it of the member tried last.
+    attempted: Option<(Arc<Pool>, usize)>,
+    /// How long the member that answered took to send its head.
+    upstream_ns: Option<u64>,
+    /// What went wrong last, for the end hooks.
+    error: Option<String>,
 }
 
 impl Txn {
@@ -255,9 +319,16 @@ impl Txn {
             let response_phase = matches!(hook, Hook::ResponseHeaders | Hook::ResponseBody);
             match decision {
                 Decision::Continue => {}
-                Decision::Respond(reply) => return Ok(Flow::Answer(reply_response(reply))),
+                Decision::Respond(reply) => {
+                    return Ok(Flow::Answer(reply_response(&policy, hook, reply)))
+                }
                 Decision::Redirect(r) if !response_phase => {
-                    return Ok(Flow::Answer(redirect_response(r.status, &r.location)))
+                    return Ok(Flow::Answer(redirect_response(
+                        &policy,
+                        hook,
+                        r.status,
+                        &r.location,
+                    )))
                 }
                 Decision::Route(r) if !response_phase => {
                     self.pool = r.pool;
@@ -284,9 +355,13 @@ impl Txn {
         let summary = Transaction {
             status,
             duration_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            upstream_ns: None,
-            backend: None,
-            error: None,
+            upstream_ns: self.upstream_ns,
+            backend: self.attempted.as_ref().map(|(pool, i)| Backend {
+                pool: pool.name.clone(),
+                member: pool.members[*i].name.clone(),
+                address: pool.members[*i].address.to_string(),
+            }),
+            error: self.error.clone(),
         };
         for policy in self.chain.clone() {
             if policy.implements(Hook::End) {
@@ -295,6 +370,16 @@ impl Txn {
                 self.ex = ex;
             }
         }
+    }
+}
+
+impl Txn {
+    /// End the transaction with the answer to `error`: end hooks see why.
+    fn fail(mut self, error: ProxyError) -> Response<Body> {
+        self.error = Some(error.to_string());
+        let response = error.into_response();
+        self.end(response.status().as_u16());
+        response
     }
 }
 
@@ -372,6 +457,17 @@ pub async fn handle(
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if matches!(
+        response.status(),
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) && !response.body().is_end_stream()
+    {
+        // A policy set a status that has no body: the backend's goes.
+        *response.body_mut() = empty();
+        if response.status() == StatusCode::NO_CONTENT {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
     }
     let status = response.status();
     let origin = delivery::Origin {
@@ -489,9 +585,21 @@ async fn pipeline(
         ex,
         started,
         streams: Vec::new(),
+        attempted: None,
+        upstream_ns: None,
+        error: None,
     };
+    // From here on a failure still runs the end hooks (`Txn::fail`).
+    macro_rules! or_fail {
+        ($result:expr) => {
+            match $result {
+                Ok(v) => v,
+                Err(e) => return Ok(txn.fail(e)),
+            }
+        };
+    }
 
-    match txn.run(Hook::RequestHeaders, None, "")? {
+    match or_fail!(txn.run(Hook::RequestHeaders, None, "")) {
         Flow::Continue => {}
         Flow::Answer(r) => return Ok(finish(txn, r)),
         Flow::Reject => return Err(Pipeline::Reject),
@@ -507,11 +615,16 @@ async fn pipeline(
             .max()
             .unwrap_or(0);
         let incoming = body.take().expect("body is present before buffering");
-        let bytes = collect_limited(incoming, limit).await?;
+        // A request without a body (most GETs) is sent on without one
+        // unless a policy gave it one.
+        let bodiless = incoming.is_end_stream();
+        let bytes = or_fail!(collect_limited(incoming, limit).await);
         txn.ex.request_body = Some(bytes);
-        let flow = txn.run(Hook::RequestBody, None, "")?;
+        let flow = or_fail!(txn.run(Hook::RequestBody, None, ""));
         let bytes = txn.ex.request_body.take().unwrap_or_default();
-        hop::set_content_length(&mut txn.ex.request.headers, bytes.len());
+        if !(bodiless && bytes.is_empty()) {
+            hop::set_content_length(&mut txn.ex.request.headers, bytes.len());
+        }
         body = Some(full(bytes));
         match flow {
             Flow::Continue => {}
@@ -524,6 +637,7 @@ async fn pipeline(
     let response = match forward(&rt, &mut txn, body, upgrade, served).await {
         Ok(r) => r,
         Err(Pipeline::Answer(r)) => return Ok(finish(txn, *r)),
+        Err(Pipeline::Error(e)) => return Ok(txn.fail(e)),
         Err(e) => return Err(e),
     };
     let (mut parts, upstream_body) = response.into_parts();
@@ -533,13 +647,20 @@ async fn pipeline(
     );
     txn.ex.response = Some(parts);
 
-    match txn.run(Hook::ResponseHeaders, None, "")? {
+    match or_fail!(txn.run(Hook::ResponseHeaders, None, "")) {
         Flow::Answer(r) => return Ok(finish(txn, r)),
         Flow::Continue | Flow::Reject => {}
     }
 
     let mut body = upstream_body;
-    if txn.wants(Hook::ResponseBody) {
+    // A response to HEAD, or with a status that has no body, has nothing
+    // to buffer, and its Content-Length stays the backend's.
+    let bodiless = txn.ex.request.method == Method::HEAD
+        || txn.ex.response.as_ref().is_some_and(|p| {
+            p.status.is_informational()
+                || matches!(p.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        });
+    if txn.wants(Hook::ResponseBody) && !bodiless {
         let limit = txn
             .chain
             .iter()
@@ -551,28 +672,23 @@ async fn pipeline(
             .exact()
             .and_then(|n| usize::try_from(n).ok());
         if known.is_some_and(|n| n <= limit) {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| {
-                    // Cut before the client saw a byte: it gets a 502, and
-                    // the member's checks a failure, unless the client's
-                    // own body failure cut it.
-                    match served.chosen.take() {
-                        Some(m) if m.client_failed() => ProxyError::RequestBody(e.to_string()),
-                        Some(m) if m.client_stalled() => {
-                            ProxyError::RequestBodyTimeout(e.to_string())
-                        }
-                        Some(m) => {
-                            m.pool.record_failure(m.index, &e);
-                            ProxyError::Upstream("response body".into(), e.to_string())
-                        }
-                        None => ProxyError::Upstream("response body".into(), e.to_string()),
+            let bytes = or_fail!(body.collect().await.map_err(|e| {
+                // Cut before the client saw a byte: it gets a 502, and
+                // the member's checks a failure, unless the client's
+                // own body failure cut it.
+                match served.chosen.take() {
+                    Some(m) if m.client_failed() => ProxyError::RequestBody(e.to_string()),
+                    Some(m) if m.client_stalled() => ProxyError::RequestBodyTimeout(e.to_string()),
+                    Some(m) => {
+                        m.pool.record_failure(m.index, &e);
+                        ProxyError::Upstream("response body".into(), e.to_string())
                     }
-                })?
-                .to_bytes();
+                    None => ProxyError::Upstream("response body".into(), e.to_string()),
+                }
+            }))
+            .to_bytes();
             txn.ex.response_body = Some(bytes);
-            let flow = txn.run(Hook::ResponseBody, None, "")?;
+            let flow = or_fail!(txn.run(Hook::ResponseBody, None, ""));
             let bytes = txn.ex.response_body.take().unwrap_or_default();
             if let Some(parts) = txn.ex.response.as_mut() {
                 hop::set_content_length(&mut parts.headers, bytes.len());
@@ -696,6 +812,7 @@ async fn forward(
         }
 
         served.attempted = Some((pool.clone(), index));
+        txn.attempted = Some((pool.clone(), index));
         member.active.fetch_add(1, Ordering::Relaxed);
         let _active = ActiveGuard(member.clone());
         let attempt_started = quanta::Instant::now();
@@ -753,8 +870,9 @@ async fn forward(
         let sent = tokio::time::timeout(limits.header_timeout, conn.sender.try_send(request)).await;
         match sent {
             Ok(Ok(mut response)) => {
-                pool.upstream_duration
-                    .record(attempt_started.elapsed().as_secs_f64());
+                let took = attempt_started.elapsed();
+                pool.upstream_duration.record(took.as_secs_f64());
+                txn.upstream_ns = Some(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
                 // A success is recorded once the body has been delivered
                 // whole (see `delivery`): a member that dies mid-body is
                 // failing, however good its heads. A 5xx given up on a
@@ -878,6 +996,7 @@ fn backend_failed(
     backend: impl FnOnce() -> Backend,
     reason: &str,
 ) -> Option<Pipeline> {
+    txn.error = Some(reason.to_owned());
     if !txn.wants(Hook::BackendFailed) {
         return None;
     }

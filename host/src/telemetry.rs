@@ -146,4 +146,8 @@ fn describe() {
         "adc_policy_misplaced_decisions_total",
         "Decisions a hook may not return, taken as continue, and response_chunk holds over their bounds (once per response), by policy and hook"
     );
+    describe_counter!(
+        "adc_policy_invalid_answers_total",
+        "Parts of policies' answers HTTP cannot carry, left out (a managed or invalid header, a body with 204 or 304) or answered with 500 (a 1xx status, an invalid redirect target), by policy and hook"
+    );
 }

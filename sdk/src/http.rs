@@ -15,7 +15,7 @@ pub enum EditError {
     ForbiddenHeader,
     /// Not a valid method, URI or path.
     InvalidTarget,
-    /// Not a status from 100 to 999.
+    /// Not a final status (200 to 999).
     InvalidStatus,
     /// The body is not buffered in this hook.
     BodyUnavailable,
@@ -387,5 +387,24 @@ mod tests {
             assert_eq!(req.append_header(name, value), Err(why), "{name}");
         }
         assert!(req.header("x-a").is_none());
+    }
+
+    /// Like the host, the mock takes only a final status: an interim one
+    /// (1xx) would need another response after it.
+    #[test]
+    fn the_mock_takes_only_a_final_status() {
+        let mock = crate::testing::MockResponse::new(200);
+        let resp = mock.as_response();
+        for status in [0, 99, 100, 101, 199, 1000] {
+            assert_eq!(
+                resp.set_status(status),
+                Err(EditError::InvalidStatus),
+                "{status}"
+            );
+        }
+        for status in [200, 204, 304, 999] {
+            assert_eq!(resp.set_status(status), Ok(()), "{status}");
+            assert_eq!(resp.status(), status);
+        }
     }
 }

@@ -518,7 +518,7 @@ impl MockResponse {
     }
 
     pub(crate) fn set_status(&self, status: u16) -> Result<(), EditError> {
-        if !(100..=999).contains(&status) || self.stream.get() == Stream::Sent {
+        if !(200..=999).contains(&status) || self.stream.get() == Stream::Sent {
             return Err(EditError::InvalidStatus);
         }
         *self.status.borrow_mut() = status;

@@ -323,3 +323,166 @@ async fn hook_metrics_count_init_and_leave_out_hooks_the_policy_lacks() {
         "series for hooks never called: {series:?}"
     );
 }
+
+fn answers_config(b: &adc_tests::Backend) -> String {
+    policy("fixture-answers");
+    listener("web", &["answers"])
+        + &pool("web", "round_robin", &[b])
+        + &config_with("answers", "fixture-answers.wasm", "")
+}
+
+/// A policy's answer with what HTTP cannot carry: the client still gets a
+/// well-formed response, over HTTP/1.1 and HTTP/2, and each left-out part
+/// is counted.
+#[tokio::test]
+async fn a_policys_answer_carries_only_what_http_allows() {
+    let b = backend("plain").await;
+    let adc = Adc::start(&answers_config(&b)).await;
+    for (version, c) in [("HTTP/1.1", client()), ("HTTP/2", h2_client())] {
+        for status in [204, 304] {
+            // HTTP/2 refused this whole stream (DATA after a 204's HEADERS).
+            let r = c
+                .get(adc.url("web", &format!("/x?reply={status}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{version}");
+            assert_eq!(r.text().await.unwrap(), "", "{version} {status}");
+        }
+        for status in [100, 101, 199] {
+            let r = c
+                .get(adc.url("web", &format!("/x?reply={status}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 500, "{version} {status}");
+        }
+        let r = c
+            .get(adc.url("web", "/x?reply=200&evil=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{version}");
+        let h = r.headers().clone();
+        assert_eq!(h["x-fine"], "yes", "{version}");
+        assert_eq!(h["content-length"], "11", "{version}");
+        for gone in ["x-split", "x-injected", "connection", "transfer-encoding"] {
+            assert!(h.get(gone).is_none(), "{version}: {gone}");
+        }
+        assert_eq!(r.text().await.unwrap(), "reply-body\n", "{version}");
+        let r = c
+            .get(adc.url("web", "/x?redirect=bad"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500, "{version}");
+    }
+    // Per version: the 204 and 304 bodies, three statuses, five headers,
+    // the redirect.
+    let counted = || async {
+        adc.metric(
+            "adc_policy_invalid_answers_total",
+            &[("policy", "answers"), ("hook", "request_headers")],
+        )
+        .await
+    };
+    adc_tests::eventually(
+        "invalid answers counted",
+        std::time::Duration::from_secs(5),
+        || async { counted().await == 22.0 },
+    )
+    .await;
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A status set on the backend's response: an interim one is refused, and
+/// one that has no body sends none, whatever the backend sent.
+#[tokio::test]
+async fn a_status_a_policy_sets_is_final_and_drops_a_body_it_cannot_have() {
+    let b = backend("plain").await;
+    let adc = Adc::start(&answers_config(&b)).await;
+    for (version, c) in [("HTTP/1.1", client()), ("HTTP/2", h2_client())] {
+        let r = c.get(adc.url("web", "/x?status=204")).send().await.unwrap();
+        assert_eq!(r.status(), 204, "{version}");
+        assert_eq!(r.headers()["x-set-status"], "taken", "{version}");
+        assert!(r.headers().get("content-length").is_none(), "{version}");
+        assert_eq!(r.text().await.unwrap(), "", "{version}");
+        let r = c.get(adc.url("web", "/x?status=101")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{version}");
+        assert_eq!(r.headers()["x-set-status"], "refused", "{version}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            "plain GET /x?status=101",
+            "{version}"
+        );
+        // The connection is still good for the next request.
+        let r = c.get(adc.url("web", "/y")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "plain GET /y", "{version}");
+    }
+}
+
+/// Body hooks registered: a HEAD answer keeps the backend's length (it
+/// was 0, the length of the nothing buffered), and a request without a
+/// body is not given an empty one.
+#[tokio::test]
+async fn body_hooks_keep_a_heads_length_and_add_no_body_to_a_get() {
+    let b = backend("plain").await;
+    let adc = Adc::start(&answers_config(&b)).await;
+    let direct = client()
+        .head(format!("http://{}/x", b.addr))
+        .send()
+        .await
+        .unwrap();
+    let length = direct.headers()["content-length"].clone();
+    assert_ne!(length, "0");
+    for (version, c) in [("HTTP/1.1", client()), ("HTTP/2", h2_client())] {
+        let r = c.head(adc.url("web", "/x")).send().await.unwrap();
+        assert_eq!(r.headers()["content-length"], length, "{version}");
+        let r = c.get(adc.url("web", "/x")).send().await.unwrap();
+        assert!(
+            r.headers().get("x-echo-content-length").is_none(),
+            "{version}: a GET gained a Content-Length"
+        );
+        let r = c
+            .post(adc.url("web", "/x"))
+            .body("abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-echo-content-length"], "3", "{version}");
+    }
+}
+
+/// The end hook's summary names the member used, whether it answered, and
+/// what went wrong.
+#[tokio::test]
+async fn the_end_hook_is_told_the_member_its_time_and_what_went_wrong() {
+    let b = backend("plain").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let config = answers_config(&b)
+        + &format!(
+            "\n[pools.dead]\nmethod = \"round_robin\"\nmembers = [{{ name = \"gone\", address = \"{dead}\" }}]\n\
+             \n[[listener]]\nname = \"down\"\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\npool = \"dead\"\npolicies = [\"answers\"]\n"
+        );
+    let adc = Adc::start(&config).await;
+    let r = client().get(adc.url("web", "/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(adc.url("down", "/dead")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    adc_tests::eventually(
+        "both summaries logged",
+        std::time::Duration::from_secs(5),
+        || async {
+            let log = adc_tests::logged();
+            log.contains("summary path=/ok status=200 backend=web/m0 upstream=true error=none")
+                && log.lines().any(|l| {
+                    l.contains(
+                        "summary path=/dead status=502 backend=dead/gone upstream=false error=",
+                    ) && !l.contains("error=none")
+                })
+        },
+    )
+    .await;
+}

@@ -454,7 +454,9 @@ impl whttp::HostRequest for StoreState {
         name: String,
         value: String,
     ) -> Result<(), types::EditError> {
-        let e = self.exchange_mut().ok_or(types::EditError::InvalidName)?;
+        let e = self
+            .exchange_mut()
+            .ok_or(types::EditError::ForbiddenHeader)?;
         exchange::set_header(&mut e.request.headers, &name, &value)
     }
 
@@ -464,7 +466,9 @@ impl whttp::HostRequest for StoreState {
         name: String,
         value: String,
     ) -> Result<(), types::EditError> {
-        let e = self.exchange_mut().ok_or(types::EditError::InvalidName)?;
+        let e = self
+            .exchange_mut()
+            .ok_or(types::EditError::ForbiddenHeader)?;
         exchange::append_header(&mut e.request.headers, &name, &value)
     }
 
@@ -525,8 +529,12 @@ impl whttp::HostResponse for StoreState {
         _: Resource<ResponseRef>,
         status: u16,
     ) -> Result<(), types::EditError> {
-        let status =
-            http::StatusCode::from_u16(status).map_err(|_| types::EditError::InvalidStatus)?;
+        // Only a final status: an interim one (1xx) would need a final
+        // response after it, which this one is.
+        let status = http::StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| !s.is_informational())
+            .ok_or(types::EditError::InvalidStatus)?;
         self.response_mut()
             .ok_or(types::EditError::InvalidStatus)?
             .status = status;
