@@ -27,14 +27,21 @@ use crate::workers::Drain;
 /// request at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
-/// The QUIC settings of an HTTP/3 endpoint whose handshakes use `tls`.
-pub fn server_config(tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::ServerConfig> {
+/// The QUIC settings of an HTTP/3 endpoint whose handshakes use `tls`;
+/// a connection that carries nothing for `idle` is closed, as kept-alive
+/// TCP connections are (`limits.idle_timeout`).
+pub fn server_config(
+    tls: Arc<rustls::ServerConfig>,
+    idle: Duration,
+) -> anyhow::Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // Past QUIC's bound (2^62 ms) an idle connection is simply never
+    // closed for it.
     transport
         .max_concurrent_bidi_streams(256u32.into())
-        .max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -1,6 +1,7 @@
 //! Active health checks: probe every member of a pool that asks for it, in
-//! the service's own protocol (a TCP connect, an HTTP request, or a UDP
-//! datagram and its reply), and count rises and falls.
+//! the service's own protocol (a TCP connect, an HTTP request over the
+//! pool's TLS and HTTP version, or a UDP datagram and its reply), and count
+//! rises and falls.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::config::{Health, HealthKind};
 use crate::pool::{Member, Pool, Upstream};
@@ -91,9 +91,26 @@ async fn probe(health: &Health, member: &Member, upstream: &Upstream) -> Result<
             .await
             .map_err(|e| e.to_string())?;
     }
-    match health.kind {
-        HealthKind::Http => probe_http(health, member, stream).await,
-        _ => Ok(()),
+    if health.kind != HealthKind::Http {
+        return Ok(());
+    }
+    // The pool's own protocol: TLS when it has TLS, and HTTP/2 when the
+    // member agreed to it by ALPN, or over cleartext when the pool says so.
+    match &upstream.tls {
+        Some((config, sni)) => {
+            let name = sni
+                .clone()
+                .or_else(|| health.host.clone())
+                .unwrap_or_else(|| member.address.ip().to_string());
+            let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            probe_http(health, member, tls, h2, "https").await
+        }
+        None => probe_http(health, member, stream, upstream.http2, "http").await,
     }
 }
 
@@ -119,26 +136,50 @@ async fn probe_udp(health: &Health, member: &Member, source: Option<IpAddr>) -> 
     }
 }
 
-async fn probe_http(health: &Health, member: &Member, stream: TcpStream) -> Result<(), String> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+async fn probe_http<T>(
+    health: &Health,
+    member: &Member,
+    io: T,
+    h2: bool,
+    scheme: &str,
+) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let host = health
         .host
         .clone()
         .unwrap_or_else(|| member.address.to_string());
     let request = http::Request::builder()
         .method(health.method.as_str())
-        .uri(&health.path)
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "adc-health-check")
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
+        .header(http::header::USER_AGENT, "adc-health-check");
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(io),
+        )
         .await
         .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        // HTTP/2 carries the host as :authority.
+        let request = request
+            .uri(format!("{scheme}://{host}{}", health.path))
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = request
+            .uri(&health.path)
+            .header(http::header::HOST, host)
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     if status < health.expect_status.0 || status > health.expect_status.1 {
         return Err(format!("status {status}"));

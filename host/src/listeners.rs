@@ -122,7 +122,10 @@ fn tls_settings(
     let quic = if l.http3 {
         let mut c = server(&[b"h3"])?;
         c.max_early_data_size = 0;
-        Some(crate::h3::server_config(Arc::new(c))?)
+        Some(crate::h3::server_config(
+            Arc::new(c),
+            config.limits.idle_timeout,
+        )?)
     } else {
         None
     };

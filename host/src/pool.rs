@@ -202,6 +202,43 @@ impl Pool {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Take over what `before`, the same pool in the configuration being
+    /// replaced, knew of its members: an operator's drain (by member
+    /// name), and for a member still at the same address, a failed health
+    /// check (while this pool still checks health), an ejection's
+    /// remaining cool-down and its failures in a row. A reload changes the
+    /// configuration, not what is known of the backends.
+    pub fn carry_over(&self, before: &Pool) {
+        let (now, then) = (self.now_ms(), before.now_ms());
+        for member in &self.members {
+            let Some(prev) = before.member(&member.name) else {
+                continue;
+            };
+            if !prev.enabled.load(Ordering::Relaxed) {
+                member.enabled.store(false, Ordering::Relaxed);
+            }
+            if prev.address != member.address {
+                continue;
+            }
+            if self.health.is_some() && before.health.is_some() {
+                member
+                    .healthy
+                    .store(prev.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let left = prev
+                .ejected_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(then);
+            if left > 0 {
+                member.ejected_until.store(now + left, Ordering::Relaxed);
+            }
+            member.consecutive_failures.store(
+                prev.consecutive_failures.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     pub fn member(&self, name: &str) -> Option<&Arc<Member>> {
         self.members.iter().find(|m| m.name == name)
     }
@@ -318,14 +355,29 @@ impl Pool {
     /// row, saying why the last one failed.
     pub fn record_failure(&self, i: usize, why: &dyn std::fmt::Display) {
         let m = &self.members[i];
+        metrics::counter!("adc_member_failures_total", "pool" => self.name.clone(), "member" => m.name.clone())
+            .increment(1);
         let failures = m.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if self.passive.consecutive_failures > 0 && failures >= self.passive.consecutive_failures {
+            let now = self.now_ms();
+            let others_up = self
+                .members
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && o.weight > 0 && o.available(now));
+            if !others_up {
+                // Ejecting the last member up would turn every request
+                // away for the whole cool-down, however soon the member
+                // recovers: it stays, and its requests say how it does.
+                tracing::warn!(pool = %self.name, member = %m.name, failures, last = %why, "member failing but not ejected: no other member is up");
+                m.consecutive_failures.store(0, Ordering::Relaxed);
+                return;
+            }
             // Said before it takes effect: whoever sees the ejection can
             // find why in the log.
             tracing::warn!(pool = %self.name, member = %m.name, failures, last = %why, cooldown = ?self.passive.cooldown, "member ejected after consecutive failures");
             metrics::counter!("adc_member_ejections_total", "pool" => self.name.clone(), "member" => m.name.clone()).increment(1);
-            let until = self.now_ms()
-                + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
+            let until = now + u64::try_from(self.passive.cooldown.as_millis()).unwrap_or(u64::MAX);
             m.ejected_until.store(until, Ordering::Relaxed);
             m.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -363,6 +415,88 @@ mod tests {
             .collect();
         let text = format!("method = \"{method}\"\nmembers = [{}]", members.join(", "));
         Pool::new("p", toml::from_str(&text).unwrap()).unwrap()
+    }
+
+    fn checked_pool(addresses: &[u16]) -> Pool {
+        let members: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{{ name = \"m{i}\", address = \"127.0.0.1:{port}\" }}"))
+            .collect();
+        let text = format!(
+            "method = \"round_robin\"\nmembers = [{}]\nhealth = {{ kind = \"tcp\" }}\npassive = {{ consecutive_failures = 2, cooldown = \"30s\" }}",
+            members.join(", ")
+        );
+        Pool::new("p", toml::from_str(&text).unwrap()).unwrap()
+    }
+
+    /// Passive ejection never takes out the last member up: that would
+    /// answer every request with 503 for the whole cool-down, however
+    /// soon the member recovers (found by a fresh-user review).
+    #[test]
+    fn the_last_member_up_is_not_ejected() {
+        let p = checked_pool(&[9000, 9001]);
+        p.record_failure(0, &"refused");
+        p.record_failure(0, &"refused");
+        assert!(
+            !p.members[0].available(p.now_ms()),
+            "ejected: another is up"
+        );
+        for _ in 0..5 {
+            p.record_failure(1, &"refused");
+        }
+        assert!(p.members[1].available(p.now_ms()), "the last one up stays");
+        let single = checked_pool(&[9000]);
+        single.record_failure(0, &"refused");
+        single.record_failure(0, &"refused");
+        assert!(single.members[0].available(single.now_ms()));
+    }
+
+    /// A reload builds new pools: what was known of the members before
+    /// (down, ejected, failing, drained) must not be forgotten, or a
+    /// failed member takes traffic again until it fails anew.
+    #[test]
+    fn a_reloaded_pool_keeps_what_was_known_of_its_members() {
+        let before = checked_pool(&[9000, 9001, 9002]);
+        before.members[0].healthy.store(false, Ordering::Relaxed);
+        before.record_failure(1, &"refused");
+        before.record_failure(1, &"refused");
+        before.record_failure(2, &"refused");
+        before.members[0].enabled.store(false, Ordering::Relaxed);
+        assert!(!before.members[1].available(before.now_ms()));
+
+        let after = checked_pool(&[9000, 9001, 9002]);
+        after.carry_over(&before);
+        let now = after.now_ms();
+        assert!(
+            !after.members[0].healthy.load(Ordering::Relaxed),
+            "down stays down"
+        );
+        assert!(!after.members[1].available(now), "ejected stays ejected");
+        assert!(
+            after.members[1].ejected_until.load(Ordering::Relaxed) >= now + 29_000,
+            "with the rest of its cool-down"
+        );
+        assert!(
+            !after.members[0].enabled.load(Ordering::Relaxed),
+            "drained stays drained"
+        );
+        assert!(after.members[2].available(now));
+        assert_eq!(
+            after.members[2]
+                .consecutive_failures
+                .load(Ordering::Relaxed),
+            1,
+            "its failure in a row is still counted"
+        );
+
+        // A member now at another address is another backend: it starts
+        // fresh, but an operator's drain (by name) holds.
+        let moved = checked_pool(&[9100, 9101, 9102]);
+        moved.carry_over(&before);
+        assert!(moved.members[0].healthy.load(Ordering::Relaxed));
+        assert!(!moved.members[0].enabled.load(Ordering::Relaxed));
+        assert!(moved.members[1].available(moved.now_ms()));
     }
 
     #[test]

@@ -355,20 +355,13 @@ fn check_listeners_unchanged(running: &runtime::Runtime, config: &Config) -> any
     Ok(())
 }
 
-/// What an operator set at run time survives a reload: a member drained
-/// before stays drained, matched by pool and member name.
+/// What is known at run time survives a reload: drains, failed health
+/// checks and ejections (see `Pool::carry_over`), matched by pool and
+/// member name.
 fn keep_operator_state(old: &runtime::Runtime, new: &runtime::Runtime) {
-    use std::sync::atomic::Ordering;
     for (name, pool) in &new.pools {
-        let Some(before) = old.pools.get(name) else {
-            continue;
-        };
-        for member in &pool.members {
-            if let Some(prev) = before.member(&member.name) {
-                if !prev.enabled.load(Ordering::Relaxed) {
-                    member.enabled.store(false, Ordering::Relaxed);
-                }
-            }
+        if let Some(before) = old.pools.get(name) {
+            pool.carry_over(before);
         }
     }
 }

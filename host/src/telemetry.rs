@@ -111,6 +111,10 @@ fn describe() {
         "Times the load-balancing method chose a member, by pool and member"
     );
     describe_counter!(
+        "adc_member_failures_total",
+        "Requests counted as a member's failure by passive checks (connect errors, timeouts, bodies cut, counted 5xx), by pool and member"
+    );
+    describe_counter!(
         "adc_member_ejections_total",
         "Members taken out after consecutive failures (passive checks), by pool and member"
     );

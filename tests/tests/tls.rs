@@ -1027,7 +1027,7 @@ async fn an_http3_body_that_does_not_match_its_content_length_is_the_clients_fau
     let (status, text) = h3_post_frames(&mut sender, &["0"], &[]).await;
     assert_eq!((status, text.as_str()), (200, "read 0"));
     assert_eq!(
-        adc.metric("adc_member_ejections_total", &[("pool", "h3lengths")])
+        adc.metric("adc_member_failures_total", &[("pool", "h3lengths")])
             .await,
         0.0
     );
@@ -1039,4 +1039,81 @@ async fn an_http3_body_that_does_not_match_its_content_length_is_the_clients_fau
     drop(sender);
     drive.abort();
     endpoint.close(0u32.into(), b"done");
+}
+
+/// `limits.idle_timeout` closes an idle HTTP/3 connection as it does a
+/// kept-alive TCP one (QUIC's idle timeout was fixed at 60 s).
+#[tokio::test]
+async fn an_idle_http3_connection_is_closed_after_the_idle_timeout() {
+    policy("rewrite");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let a = ca.leaf(dir.path(), "a", &["a.test"]);
+    let web = backend("web").await;
+    let config = tls_listener(&[a], "http3 = true")
+        + &pool("web", "round_robin", &[&web])
+        + "\n[limits]\nidle_timeout = \"1s\"\n";
+    let adc = Adc::start(&config).await;
+    let addr = adc.running.listeners["tls"];
+    let H3Client {
+        endpoint,
+        mut sender,
+        closed,
+    } = H3Client::connect(addr, "a.test", &ca).await;
+    let request = http::Request::get("https://a.test/").body(()).unwrap();
+    let mut stream = sender.send_request(request).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), 200);
+    drop(stream);
+    // The client's own idle timeout is quinn's default, 30 s: only adc's
+    // can close the connection this soon.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(800), "{waited:?}");
+    drop(sender);
+    endpoint.close(0u32.into(), b"done");
+}
+
+/// HTTP health checks of a pool with TLS speak TLS, verifying the member
+/// as requests do (they spoke plain HTTP, so every such pool was down).
+#[tokio::test]
+async fn http_health_checks_of_a_tls_pool_speak_tls_and_verify_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other) = (Ca::new("backend ca"), Ca::new("another ca"));
+    let member = tls_backend(&ca, dir.path()).await;
+    let (ca_pem, other_pem) = (ca.write(dir.path(), "ca"), other.write(dir.path(), "other"));
+    let health = "kind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nfall = 1\nrise = 1\n";
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener.route]]\nhost = \"bad.test\"\npool = \"untrusted\"\n\
+         [[listener.route]]\npool = \"secure\"\n\n\
+         [pools.secure]\nmembers = [{{ address = \"{member}\" }}]\n[pools.secure.tls]\nca = {:?}\nsni = \"one.test\"\n\
+         [pools.secure.health]\n{health}\n\
+         [pools.untrusted]\nmembers = [{{ address = \"{member}\" }}]\n[pools.untrusted.tls]\nca = {:?}\nsni = \"one.test\"\n\
+         [pools.untrusted.health]\n{health}\n",
+        ca_pem.display().to_string(),
+        other_pem.display().to_string()
+    );
+    let adc = Adc::start(&config).await;
+    let http = client();
+    // Several probe intervals: a member whose probes failed is down by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..3 {
+        let r = http.get(adc.url("web", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "one.test");
+    }
+    // The probes verify the certificate: from a CA the pool does not
+    // trust, the member is down.
+    let r = http
+        .get(adc.url("web", "/"))
+        .header("host", "bad.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
 }
