@@ -133,9 +133,21 @@ pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketA
                 u16::from_be_bytes([body[32], body[33]]),
             )))
         }
-        0 => Ok(None),
+        // UNSPEC, and AF_UNIX, whose addresses are no IP's: the header is
+        // whole, and the connection's own addresses stand.
+        0 | 3 => Ok(None),
+        1 | 2 => Err(Error::Malformed("addresses shorter than their family")),
         _ => Err(Error::Malformed("unsupported address family")),
     }
+}
+
+/// A v1 port: 1 to 5 decimal digits and nothing else (`u16`'s parser
+/// would also take a sign).
+fn v1_port(text: &str, what: &'static str) -> Result<u16, Error> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Malformed(what));
+    }
+    text.parse().map_err(|_| Error::Malformed(what))
 }
 
 async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, Error> {
@@ -158,16 +170,22 @@ async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAd
     let parts: Vec<&str> = text.split(' ').collect();
     match parts.as_slice() {
         ["PROXY", "UNKNOWN", ..] => Ok(None),
-        ["PROXY", family @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
+        ["PROXY", family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
+            let v4 = *family == "TCP4";
             let ip: IpAddr = src
                 .parse()
                 .map_err(|_| Error::Malformed("bad source address"))?;
-            if ip.is_ipv4() != (*family == "TCP4") {
+            if ip.is_ipv4() != v4 {
                 return Err(Error::Malformed("source address of the other family"));
             }
-            let port: u16 = sport
+            let to: IpAddr = dst
                 .parse()
-                .map_err(|_| Error::Malformed("bad source port"))?;
+                .map_err(|_| Error::Malformed("bad destination address"))?;
+            if to.is_ipv4() != v4 {
+                return Err(Error::Malformed("destination address of the other family"));
+            }
+            let port = v1_port(sport, "bad source port")?;
+            v1_port(dport, "bad destination port")?;
             Ok(Some(SocketAddr::new(ip, port)))
         }
         _ => Err(Error::Malformed("v1 header fields")),
@@ -217,6 +235,50 @@ mod tests {
         bytes[12] = 0x22;
         let mut reader = &bytes[..];
         assert!(matches!(read(&mut reader).await, Err(Error::Malformed(_))));
+    }
+
+    /// v1 fields are checked whole: ports are digits only (Rust's integer
+    /// parser also takes a sign, so "+4444" passed), and the destination
+    /// is an address of the stated family (a review found both loose).
+    #[tokio::test]
+    async fn v1_ports_are_digits_and_the_destination_is_checked() {
+        for line in [
+            &b"PROXY TCP4 192.0.2.7 192.0.2.1 +4444 80\r\n"[..],
+            b"PROXY TCP4 192.0.2.7 192.0.2.1 4444 -80\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.1 4444 123456\r\n",
+            b"PROXY TCP4 192.0.2.7 192.0.2.1 4444 \r\n",
+            b"PROXY TCP4 192.0.2.7 2001:db8::1 4444 80\r\n",
+            b"PROXY TCP4 192.0.2.7 nowhere 4444 80\r\n",
+        ] {
+            let mut reader = line;
+            assert!(
+                matches!(read(&mut reader).await, Err(Error::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let mut reader = &b"PROXY TCP4 192.0.2.7 192.0.2.1 4444 80\r\n"[..];
+        assert_eq!(
+            read(&mut reader).await.unwrap(),
+            Some("192.0.2.7:4444".parse().unwrap())
+        );
+    }
+
+    /// A v2 header of family AF_UNIX is well formed: the connection's own
+    /// addresses stand, as for UNSPEC; it used to be refused.
+    #[tokio::test]
+    async fn a_v2_header_of_unix_sockets_keeps_the_peer() {
+        let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let mut bytes = encode(Version::V2, client, client);
+        // Family AF_UNIX, stream; its addresses are 216 bytes.
+        bytes[13] = 0x31;
+        bytes.truncate(14);
+        bytes.extend_from_slice(&216u16.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, 216));
+        bytes.extend_from_slice(b"GET /");
+        let mut reader = &bytes[..];
+        assert_eq!(read(&mut reader).await.unwrap(), None);
+        assert_eq!(reader, b"GET /");
     }
 
     #[tokio::test]

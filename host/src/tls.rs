@@ -54,8 +54,21 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_error(path, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        // An encrypted key is no key to the PEM reader: say what it is.
+        let text = std::fs::read(path).unwrap_or_default();
+        let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
+            .iter()
+            .any(|mark| text.windows(mark.len()).any(|w| w == *mark));
+        if encrypted {
+            file_error(
+                path,
+                "the private key is encrypted; adc reads unencrypted keys (decrypt it with `openssl pkey -in KEY -out NEW`, kept readable by adc alone)",
+            )
+        } else {
+            file_error(path, format!("no usable private key: {e}"))
+        }
+    })
 }
 
 /// DNS names a certificate is for: its subjectAltName entries, else its
@@ -415,5 +428,37 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An encrypted key is named as such, not as a file without a key
+    /// (a review found "no items found" for it).
+    #[test]
+    fn an_encrypted_key_is_refused_as_encrypted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pkcs8 = dir.path().join("pkcs8.key");
+        std::fs::write(
+            &pkcs8,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let legacy = dir.path().join("legacy.key");
+        std::fs::write(
+            &legacy,
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIBAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        for path in [&pkcs8, &legacy] {
+            let e = load_key(path).expect_err("refused").to_string();
+            assert!(e.contains("encrypted"), "{e}");
+        }
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "").expect("write");
+        let e = load_key(&empty).expect_err("refused").to_string();
+        assert!(e.contains("no usable private key"), "{e}");
     }
 }

@@ -389,7 +389,13 @@ fn adc_check_names_the_line_of_a_refusal_that_involves_two_sections() {
         // A listener on the admin address it did not write (the default).
         (
             base.replace("8080", "9900"),
-            "two.toml:3: admin address 127.0.0.1:9900 is also listener",
+            "two.toml:3: admin address 127.0.0.1:9900 overlaps listener \"web\"",
+        ),
+        // An admin address on every interface, at a listener's port: `adc
+        // check` passed it, and `adc run` then failed to bind.
+        (
+            format!("[admin]\nlisten = \"0.0.0.0:8080\"\n{base}"),
+            "two.toml:2: admin address 0.0.0.0:8080 overlaps listener \"web\" at 127.0.0.1:8080",
         ),
         // A policy named by a route whose file does not load.
         (

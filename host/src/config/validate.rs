@@ -124,7 +124,12 @@ impl Config {
                     format!("listener {:?} is defined twice", l.name),
                 ));
             }
-            if l.listen.port() != 0 && l.listen == *self.admin.listen.get_ref() {
+            let admin = self.admin.listen.get_ref();
+            let overlaps = l.listen.port() == admin.port()
+                && (l.listen.ip() == admin.ip()
+                    || l.listen.ip().is_unspecified()
+                    || admin.ip().is_unspecified());
+            if l.listen.port() != 0 && l.protocol != Protocol::Udp && overlaps {
                 // The admin address may be the default, written nowhere.
                 let place = if self.admin.listen.span().is_empty() {
                     at("listen")
@@ -134,8 +139,8 @@ impl Config {
                 return Err((
                     place,
                     format!(
-                        "admin address {} is also listener {:?}: keep management apart",
-                        l.listen, l.name
+                        "admin address {admin} overlaps listener {:?} at {}: keep management apart",
+                        l.name, l.listen
                     ),
                 ));
             }
@@ -474,6 +479,23 @@ impl Config {
                     }
                     _ => {}
                 }
+                if h.kind != HealthKind::Http {
+                    // What only an HTTP probe sends or checks, set for one
+                    // that is not: the operator meant another kind.
+                    let http_only = [
+                        ("path", h.path != "/"),
+                        ("method", h.method != "GET"),
+                        ("expect_status", h.expect_status != (200, 399)),
+                        ("expect_body", h.expect_body.is_some()),
+                        ("host", h.host.is_some()),
+                    ];
+                    if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
+                        return Err((
+                            at(k),
+                            format!("pool {name:?}: health {k} needs kind = \"http\""),
+                        ));
+                    }
+                }
             }
         }
         let mut bound = HashSet::new();
@@ -668,6 +690,9 @@ mod tests {
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nrise = 2\nfall = 0\n", 13, "rise and fall"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\ntimeout = \"0ms\"\n", 12, "at least 1ms"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect = \"pong\"\n", 12, "need kind"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\npath = \"/health\"\n", 12, "path needs kind = \"http\""),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect_body = \"ok\"\n", 12, "expect_body needs kind"),
+            (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect_status = \"200\"\n", 12, "expect_status needs kind"),
             (GOOD.to_owned() + "[limits]\nmax_header_bytes = 100\n", 11, "max_header_bytes"),
             (GOOD.to_owned() + "[limits]\nmax_udp_flows = 0\n", 11, "max_udp_flows"),
             ("[admin]\ntoken = \" \"\n".to_owned() + GOOD, 2, "token is empty"),
