@@ -94,7 +94,7 @@ async fn tcp_connection(
     local: SocketAddr,
     proxy_from: &[Cidr],
 ) -> Result<(), String> {
-    let client_addr = client_address(&mut client, peer, proxy_from)
+    let (client_addr, local) = client_address(&mut client, peer, local, proxy_from)
         .await
         .ok_or("bad PROXY header")?;
     let record = connection_record(

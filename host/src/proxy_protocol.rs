@@ -90,10 +90,18 @@ fn to_v6(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Read a v1 or v2 header from the start of `stream`; returns the client
-/// address it carries (`None` for a LOCAL or UNKNOWN header: keep the peer).
-/// Reads exactly the header's bytes, nothing after it.
-pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, Error> {
+/// The addresses a PROXY header carries: the client's, and the one it
+/// connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub client: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// Read a v1 or v2 header from the start of `stream`; returns the
+/// addresses it carries (`None` for a LOCAL or UNKNOWN header: keep the
+/// connection's own). Reads exactly the header's bytes, nothing after it.
+pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Carried>, Error> {
     let mut first = [0u8; 12];
     stream.read_exact(&mut first[..5]).await?;
     if &first[..5] == b"PROXY" {
@@ -119,19 +127,24 @@ pub async fn read<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketA
     }
     match head[1] >> 4 {
         1 if len >= 12 => {
-            let ip = IpAddr::from([body[0], body[1], body[2], body[3]]);
-            Ok(Some(SocketAddr::new(
-                ip,
-                u16::from_be_bytes([body[8], body[9]]),
-            )))
+            let ip = |at: usize| IpAddr::from([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            Ok(Some(Carried {
+                client: SocketAddr::new(ip(0), port(8)),
+                destination: SocketAddr::new(ip(4), port(10)),
+            }))
         }
         2 if len >= 36 => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&body[..16]);
-            Ok(Some(SocketAddr::new(
-                IpAddr::from(octets),
-                u16::from_be_bytes([body[32], body[33]]),
-            )))
+            let ip = |at: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&body[at..at + 16]);
+                IpAddr::from(octets)
+            };
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            Ok(Some(Carried {
+                client: SocketAddr::new(ip(0), port(32)),
+                destination: SocketAddr::new(ip(16), port(34)),
+            }))
         }
         // UNSPEC, and AF_UNIX, whose addresses are no IP's: the header is
         // whole, and the connection's own addresses stand.
@@ -150,7 +163,7 @@ fn v1_port(text: &str, what: &'static str) -> Result<u16, Error> {
     text.parse().map_err(|_| Error::Malformed(what))
 }
 
-async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, Error> {
+async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Carried>, Error> {
     // At most 107 bytes in all, ending in CRLF; read byte by byte so that no
     // application data is consumed.
     let mut line = Vec::with_capacity(107);
@@ -184,9 +197,10 @@ async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAd
             if to.is_ipv4() != v4 {
                 return Err(Error::Malformed("destination address of the other family"));
             }
-            let port = v1_port(sport, "bad source port")?;
-            v1_port(dport, "bad destination port")?;
-            Ok(Some(SocketAddr::new(ip, port)))
+            Ok(Some(Carried {
+                client: SocketAddr::new(ip, v1_port(sport, "bad source port")?),
+                destination: SocketAddr::new(to, v1_port(dport, "bad destination port")?),
+            }))
         }
         _ => Err(Error::Malformed("v1 header fields")),
     }
@@ -208,7 +222,8 @@ mod tests {
                 let mut bytes = encode(version, client, local);
                 bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
                 let mut reader = &bytes[..];
-                assert_eq!(read(&mut reader).await.unwrap(), Some(client));
+                let carried = read(&mut reader).await.unwrap().unwrap();
+                assert_eq!((carried.client, carried.destination), (client, local));
                 assert_eq!(reader, b"GET / HTTP/1.1\r\n");
             }
         }
@@ -260,7 +275,10 @@ mod tests {
         let mut reader = &b"PROXY TCP4 192.0.2.7 192.0.2.1 4444 80\r\n"[..];
         assert_eq!(
             read(&mut reader).await.unwrap(),
-            Some("192.0.2.7:4444".parse().unwrap())
+            Some(Carried {
+                client: "192.0.2.7:4444".parse().unwrap(),
+                destination: "192.0.2.1:80".parse().unwrap(),
+            })
         );
     }
 

@@ -101,18 +101,21 @@ pub fn connection_record(
     }
 }
 
-/// Read a PROXY header when the peer is a trusted source; the address to
-/// treat as the client. `None`: drop the connection.
+/// Read a PROXY header when the peer is a trusted source; the addresses to
+/// treat as the client's and the one it connected to (the connection's
+/// own without a header, or with a LOCAL one). `None`: drop the
+/// connection.
 pub async fn client_address(
     stream: &mut TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     trusted: &[Cidr],
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, SocketAddr)> {
     if !trusted.iter().any(|c| c.contains(peer.ip())) {
-        return Some(peer);
+        return Some((peer, local));
     }
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy_protocol::read(stream)).await {
-        Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
+        Ok(Ok(carried)) => Some(carried.map_or((peer, local), |c| (c.client, c.destination))),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
             None
@@ -241,9 +244,9 @@ async fn connection(
     mut drain: Drain,
 ) {
     let _open = Tally::enter(&shared.connections);
-    let Some(Some(client)) = unless_draining(
+    let Some(Some((client, local))) = unless_draining(
         &mut drain,
-        client_address(&mut stream, peer, &frontend.proxy_from),
+        client_address(&mut stream, peer, local, &frontend.proxy_from),
     )
     .await
     else {

@@ -421,8 +421,8 @@ async fn a_udp_member_found_down_by_health_checks_gets_no_new_flows() {
     }
 }
 
-/// A TCP backend that reads a PROXY header and answers with the client
-/// address it carried, then closes.
+/// A TCP backend that reads a PROXY header and answers with the addresses
+/// it carried, "client -> destination", then closes.
 async fn proxy_reader() -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -431,7 +431,7 @@ async fn proxy_reader() -> (SocketAddr, JoinHandle<()>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             conns.spawn(async move {
                 let answer = match adc::proxy_protocol::read(&mut stream).await {
-                    Ok(Some(client)) => client.to_string(),
+                    Ok(Some(c)) => format!("{} -> {}", c.client, c.destination),
                     Ok(None) => "no address".to_owned(),
                     Err(e) => format!("error: {e}"),
                 };
@@ -510,8 +510,9 @@ async fn a_pool_with_proxy_protocol_tells_its_backend_the_real_client_address() 
     for version in ["v1", "v2"] {
         let extra = format!("proxy_protocol = \"{version}\"\n");
         let adc = Adc::start(&l4_config("tcp", &[backend], &extra)).await;
-        let (local, answer) = tcp_read_all(adc.running.listeners["l4"], b"").await;
-        assert_eq!(answer, local.to_string(), "PROXY {version}");
+        let listener = adc.running.listeners["l4"];
+        let (local, answer) = tcp_read_all(listener, b"").await;
+        assert_eq!(answer, format!("{local} -> {listener}"), "PROXY {version}");
     }
     task.abort();
 }
@@ -526,10 +527,12 @@ async fn a_tcp_listener_passes_on_the_client_a_trusted_source_names() {
     let adc = Adc::start(&config).await;
     let (_, answer) = tcp_read_all(
         adc.running.listeners["l4"],
-        b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\n",
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 40000 80\r\n",
     )
     .await;
-    assert_eq!(answer, "203.0.113.9:40000");
+    // Both addresses go on as they came: the destination is the one the
+    // client reached, not adc's (it used to be adc's listener).
+    assert_eq!(answer, "203.0.113.9:40000 -> 198.51.100.1:80");
     task.abort();
 }
 
