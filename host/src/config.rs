@@ -440,6 +440,9 @@ pub struct PolicySection {
     pub cpu_budget: Duration,
     #[serde(default = "d_memory", deserialize_with = "size")]
     pub memory_cap: usize,
+    /// Largest number of entries in the policy's shared table.
+    #[serde(default = "d_table_entries")]
+    pub table_entries: usize,
     /// The policy's own settings, passed to its `init` as JSON.
     #[serde(default)]
     pub settings: toml::Table,
@@ -450,6 +453,9 @@ fn d_budget() -> Duration {
 }
 fn d_memory() -> usize {
     16 << 20
+}
+fn d_table_entries() -> usize {
+    100_000
 }
 
 #[derive(Debug, Deserialize)]

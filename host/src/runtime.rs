@@ -270,6 +270,7 @@ pub fn policy_options(section: &config::PolicySection) -> PolicyOptions {
         cpu_budget: section.cpu_budget,
         memory_cap: section.memory_cap,
         fail_open: section.fail_open,
+        kv_entries: section.table_entries,
         settings_json: serde_json::to_string(&section.settings).unwrap_or_else(|_| "{}".to_owned()),
         ..PolicyOptions::default()
     }

@@ -108,6 +108,19 @@ impl Config {
                 ),
             ));
         }
+        for (name, p) in &self.policies {
+            // Each entry holds a key and value of the policy's choosing.
+            const MOST: usize = 10_000_000;
+            if p.table_entries == 0 || p.table_entries > MOST {
+                return Err((
+                    key(["policies".into(), name.into(), "table_entries".into()]),
+                    format!(
+                        "policy {name:?}: table_entries = {} must be from 1 to {MOST}",
+                        p.table_entries
+                    ),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |k: &str| key(["listener".into(), i.into(), k.into()]);
@@ -691,6 +704,7 @@ mod tests {
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\ntimeout = \"0ms\"\n", 12, "at least 1ms"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect = \"pong\"\n", 12, "need kind"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\npath = \"/health\"\n", 12, "path needs kind = \"http\""),
+            (GOOD.to_owned() + "[policies.p]\nfile = \"p.wasm\"\ntable_entries = 0\n", 12, "table_entries = 0 must be from 1"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect_body = \"ok\"\n", 12, "expect_body needs kind"),
             (GOOD.to_owned() + "[pools.app.health]\nkind = \"tcp\"\nexpect_status = \"200\"\n", 12, "expect_status needs kind"),
             (GOOD.to_owned() + "[limits]\nmax_header_bytes = 100\n", 11, "max_header_bytes"),

@@ -193,14 +193,18 @@ impl Engine {
         unsafe { Component::deserialize_file(&self.engine, path) }
     }
 
-    /// The shared table of a policy, kept across reloads of that policy.
+    /// The shared table of a policy, kept across reloads of that policy,
+    /// bounded by the latest `entries`.
     fn table(&self, policy: &str, entries: usize) -> Arc<Table> {
-        self.tables
+        let table = self
+            .tables
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(policy.to_owned())
             .or_insert_with(|| Arc::new(Table::new(entries)))
-            .clone()
+            .clone();
+        table.resize(entries);
+        table
     }
 
     /// Sweep expired entries of every shared table.

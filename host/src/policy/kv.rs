@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -33,8 +34,13 @@ struct Entry {
 pub struct Table {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     hasher: RandomState,
-    max_entries_per_shard: usize,
+    /// Set at start and by reloads (`table_entries`).
+    max_entries_per_shard: AtomicUsize,
     epoch: Instant,
+}
+
+fn per_shard(max_entries: usize) -> usize {
+    max_entries.div_ceil(SHARDS).max(1)
 }
 
 impl Table {
@@ -42,9 +48,16 @@ impl Table {
         Table {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            max_entries_per_shard: max_entries.div_ceil(SHARDS).max(1),
+            max_entries_per_shard: AtomicUsize::new(per_shard(max_entries)),
             epoch: Instant::now(),
         }
+    }
+
+    /// A new bound on the entries; entries over it stay until they expire
+    /// or are deleted, and no new key is added meanwhile.
+    pub fn resize(&self, max_entries: usize) {
+        self.max_entries_per_shard
+            .store(per_shard(max_entries), Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
@@ -76,10 +89,11 @@ impl Table {
         if key.len() > MAX_KEY_BYTES || entry.value.len() > MAX_VALUE_BYTES {
             return Err(KvError::TooLarge);
         }
-        if map.len() >= self.max_entries_per_shard && !map.contains_key(key) {
+        if map.len() >= self.max_entries_per_shard.load(Ordering::Relaxed) && !map.contains_key(key)
+        {
             let now = self.now();
             map.retain(|_, e| e.expires.is_none_or(|at| at > now));
-            if map.len() >= self.max_entries_per_shard {
+            if map.len() >= self.max_entries_per_shard.load(Ordering::Relaxed) {
                 return Err(KvError::Full);
             }
         }
@@ -190,5 +204,21 @@ mod tests {
         }
         assert!(refused > 0);
         assert!(t.sweep() <= SHARDS);
+    }
+
+    /// A reload's `table_entries` bounds the table it keeps.
+    #[test]
+    fn a_resized_table_takes_as_many_keys_as_its_new_bound() {
+        let t = Table::new(SHARDS);
+        let fill = |t: &Table, from: usize| {
+            (from..from + 2000)
+                .filter(|i| t.set(&format!("k{i}"), vec![1], None).is_ok())
+                .count()
+        };
+        assert!(fill(&t, 0) <= SHARDS);
+        t.resize(SHARDS * 100);
+        let more = fill(&t, 10_000);
+        assert!(more > SHARDS * 10, "{more}");
+        assert!(t.sweep() <= SHARDS * 100);
     }
 }

@@ -206,7 +206,9 @@ impl StoreState {
             series.insert(key);
             metrics::describe_counter!(
                 format!("adc_policy_{name}"),
-                format!("Recorded by policy {:?}", &*self.shared.name)
+                // Several policies may record one name: each series names
+                // its own in the `policy` label.
+                "Recorded by policies (the policy label names which)"
             );
         }
         Ok((format!("adc_policy_{name}"), out))

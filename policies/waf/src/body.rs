@@ -149,13 +149,20 @@ fn parts(body: &[u8], boundary: &str) -> Vec<Value> {
         rest = &rest[at + delimiter.len()..];
         let end = find.find(rest).unwrap_or(rest.len());
         let part = &rest[..end];
-        let Some(split) = memchr::memmem::find(part, b"\r\n\r\n") else {
+        let Some((split, start)) = blank_line(part) else {
+            // No headers' end that this parser can find, yet a backend's
+            // may: the part is inspected whole rather than skipped.
+            if !part.starts_with(b"--") {
+                out.push(Value::raw(part));
+            }
             continue;
         };
         let headers = String::from_utf8_lossy(&part[..split]).to_ascii_lowercase();
-        let content = part[split + 4..]
+        let body = &part[start..];
+        let content = body
             .strip_suffix(b"\r\n")
-            .unwrap_or(&part[split + 4..]);
+            .or_else(|| body.strip_suffix(b"\n"))
+            .unwrap_or(body);
 
         if let Some(name) = headers
             .split(';')
@@ -178,6 +185,25 @@ fn parts(body: &[u8], boundary: &str) -> Vec<Value> {
         }
     }
     out
+}
+
+/// The end of a part's headers: the first empty line, its line ends
+/// CRLF or bare LF (parsers such as Werkzeug's take either); where the
+/// headers end and where the content starts.
+fn blank_line(part: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(n) = memchr::memchr(b'\n', &part[from..]) {
+        let at = from + n;
+        let next = &part[at + 1..];
+        if next.starts_with(b"\n") {
+            return Some((at, at + 2));
+        }
+        if next.starts_with(b"\r\n") {
+            return Some((at, at + 3));
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -239,6 +265,14 @@ mod tests {
 --XyZ--\r\n";
         let values = parts(body, "XyZ");
         assert_eq!(texts(values), ["hello", "", "../a.png"]);
+        // Bare LF line ends, as some parsers accept (a review got
+        // `<script>` past the firewall this way), and a part whose headers
+        // never end, which is inspected whole.
+        let lf = b"--XX\nContent-Disposition: form-data; name=\"q\"\n\n<script>a</script>\n--XX\nno end of headers <b>\n--XX--\n";
+        assert_eq!(
+            texts(parts(lf, "XX")),
+            ["<script>a</script>", "\nno end of headers <b>\n"]
+        );
         assert_eq!(
             boundary("multipart/form-data; boundary=\"XyZ\"").as_deref(),
             Some("XyZ")

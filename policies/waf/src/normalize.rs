@@ -19,6 +19,12 @@ pub(crate) struct Normalized {
     pub text: String,
     /// `text` without SQL comments.
     pub sql: String,
+    /// `text` read as the rest of a string literal the application opened:
+    /// kept as it is up to the first quote, which closes the literal,
+    /// without SQL comments after it. A `--` or `#` before that quote is
+    /// inside the literal, not a comment (`a--' union select ...`). Empty
+    /// for a value without a quote.
+    pub sql_in_string: String,
     /// `text` with character references decoded.
     pub html: String,
     /// `html` before whitespace collapsing, tabs and line breaks removed:
@@ -289,6 +295,14 @@ pub(crate) fn normalize(raw: &[u8], form: bool, rounds: u8) -> Normalized {
     Normalized {
         text: collapse_whitespace(&lower),
         sql: collapse_whitespace(&strip_sql_comments(&lower)),
+        sql_in_string: match lower.find(['\'', '"']) {
+            Some(q) => collapse_whitespace(&format!(
+                "{}{}",
+                &lower[..=q],
+                strip_sql_comments(&lower[q + 1..])
+            )),
+            None => String::new(),
+        },
         html: collapse_whitespace(&referenced),
         url,
         null_byte,

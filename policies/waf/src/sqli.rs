@@ -11,6 +11,7 @@ pub(crate) const RULES: &[&str] = &[
     "sqli-union-select",
     "sqli-quote-breakout",
     "sqli-tautology",
+    "sqli-subquery",
     "sqli-comment",
     "sqli-stacked-query",
     "sqli-function",
@@ -206,14 +207,74 @@ fn tautology(sql: &str, ws: &[Word]) -> bool {
                     return Some(false);
                 }
                 let op = &b[op_at..op_end];
+                let order = || match (&left, &right) {
+                    (Operand::Number(l), Operand::Number(r)) => {
+                        let num = |n: &[u8]| std::str::from_utf8(n).ok()?.parse::<f64>().ok();
+                        num(l)?.partial_cmp(&num(r)?)
+                    }
+                    (Operand::Quoted(l), Operand::Quoted(r)) => Some(l.cmp(r)),
+                    _ => None,
+                };
+                use std::cmp::Ordering::{Equal, Greater, Less};
                 Some(match op {
                     b"=" | b"like" | b"<=>" => left == right,
                     b"!=" | b"<>" => left != right,
+                    b">" => order() == Some(Greater),
+                    b"<" => order() == Some(Less),
+                    b">=" => matches!(order(), Some(Greater | Equal)),
+                    b"<=" => matches!(order(), Some(Less | Equal)),
                     _ => false,
                 })
             };
             check() == Some(true)
         })
+}
+
+/// `and (select ... from ...)`, `or exists(select ... from ...)`,
+/// `=(select ... from ...)`, `ascii(substring((select ... from ...`: a
+/// query inside a condition or a call, the shape of blind injection. A
+/// `(select` after an ordinary word ("please (select one from the list)")
+/// is prose.
+fn subquery(sql: &str, ws: &[Word]) -> bool {
+    let b = sql.as_bytes();
+    ws.iter().enumerate().any(|(k, &(at, w))| {
+        // A query reads from something.
+        if w != "select" || !ws[k + 1..].iter().any(|(_, w)| *w == "from") {
+            return false;
+        }
+        // Back over spaces to the `(` the query opens with.
+        let mut i = at;
+        while i > 0 && b[i - 1] == b' ' {
+            i -= 1;
+        }
+        if i == 0 || b[i - 1] != b'(' {
+            return false;
+        }
+        let open = i - 1;
+        // What comes before that `(`: another `(`, a call's name right
+        // against it, a comparison, or a boolean word.
+        let mut j = open;
+        if j > 0 && is_word(b[j - 1]) {
+            return true;
+        }
+        while j > 0 && b[j - 1] == b' ' {
+            j -= 1;
+        }
+        if j == 0 {
+            return false;
+        }
+        if matches!(b[j - 1], b'(' | b'=' | b'<' | b'>' | b',') {
+            return true;
+        }
+        let end = j;
+        while j > 0 && is_word(b[j - 1]) {
+            j -= 1;
+        }
+        matches!(
+            &sql[j..end],
+            "and" | "or" | "xor" | "not" | "exists" | "in" | "like" | "between"
+        )
+    })
 }
 
 /// `admin'--`, `x' #`, `1'/*`: a breakout quote followed by a comment that
@@ -320,29 +381,41 @@ fn union_select(ws: &[Word]) -> bool {
         *w == "union" && {
             let mut next = ws.iter().skip(i + 1).map(|(_, w)| *w);
             match next.next() {
-                Some("all" | "distinct") => next.next() == Some("select"),
+                Some("all" | "distinct" | "distinctrow") => next.next() == Some("select"),
                 first => first == Some("select"),
             }
         }
     })
 }
 
-/// The first SQL injection rule `v` meets.
+/// The first SQL injection rule `v` meets: in the value read as SQL
+/// code, then read as the rest of a string literal (see
+/// `Normalized::sql_in_string`).
 pub(crate) fn detect(v: &Normalized) -> Option<&'static str> {
-    let ws = words(&v.sql);
+    detect_sql(&v.sql)
+        .or_else(|| comment_after_quote(&v.text).then_some("sqli-comment"))
+        .or_else(|| {
+            (!v.sql_in_string.is_empty() && v.sql_in_string != v.sql)
+                .then(|| detect_sql(&v.sql_in_string))
+                .flatten()
+        })
+}
+
+fn detect_sql(sql: &str) -> Option<&'static str> {
+    let ws = words(sql);
     if union_select(&ws) {
         Some("sqli-union-select")
-    } else if quote_breakout(&v.sql) {
+    } else if quote_breakout(sql) {
         Some("sqli-quote-breakout")
-    } else if tautology(&v.sql, &ws) {
+    } else if tautology(sql, &ws) {
         Some("sqli-tautology")
-    } else if comment_after_quote(&v.text) {
-        Some("sqli-comment")
-    } else if stacked_query(&v.sql, &ws) {
+    } else if subquery(sql, &ws) {
+        Some("sqli-subquery")
+    } else if stacked_query(sql, &ws) {
         Some("sqli-stacked-query")
-    } else if functions(&v.sql, &ws) {
+    } else if functions(sql, &ws) {
         Some("sqli-function")
-    } else if schema(&v.sql, &ws) {
+    } else if schema(sql, &ws) {
         Some("sqli-schema")
     } else {
         None
@@ -395,6 +468,34 @@ mod tests {
                 "select table_name from information_schema.tables",
                 "sqli-schema",
             ),
+            // Found by a review: a `--` or `#` before the quote that closes
+            // the application's literal is inside that literal, not a
+            // comment hiding the rest.
+            (
+                "a--' union select password from users-- ",
+                "sqli-union-select",
+            ),
+            (
+                "a#' union select password from users-- ",
+                "sqli-union-select",
+            ),
+            ("a--' or '1'='1", "sqli-quote-breakout"),
+            // Blind injection: a query inside a condition or a call.
+            (
+                "1' and (select substring(password,1,1) from users limit 1)='a",
+                "sqli-subquery",
+            ),
+            (
+                "1' and ascii(substring((select password from users),1,1))>64-- ",
+                "sqli-subquery",
+            ),
+            ("1 and (select count(*) from users)>0", "sqli-subquery"),
+            ("1 and exists(select * from users)", "sqli-subquery"),
+            // Orderings of literals are tautologies too.
+            ("1 or 2>1", "sqli-tautology"),
+            ("1 and 3 >= 3", "sqli-tautology"),
+            ("x' or 'b'>'a", "sqli-quote-breakout"),
+            ("-1 union distinctrow select 1", "sqli-union-select"),
         ];
         for (raw, expected) in cases {
             assert_eq!(rule(raw), Some(expected), "{raw:?}");
@@ -421,6 +522,9 @@ mod tests {
             "size 8 or 10 = fine",
             "execute order 66",
             "please insert coin",
+            "please (select one from the list)",
+            "shoes (select sizes) and socks",
+            "C#--the language's best parts",
         ];
         for raw in text {
             assert_eq!(rule(raw), None, "{raw:?}");
