@@ -213,11 +213,18 @@ impl Waf {
     /// (`..;x`, `.;x`: Java servers drop the `;` part and climb up, so
     /// `/health/..;/admin` is `/admin` to them) is never excluded.
     fn excluded(&self, path: &str) -> bool {
-        let disguised = path.split('/').any(|segment| {
-            segment
-                .split_once(';')
-                .is_some_and(|(name, _)| name == "." || name == "..")
-        });
+        // A path that some backend reads as leaving the excluded prefix:
+        // `..;` (Tomcat, Spring), or an encoded slash or backslash, which
+        // many frameworks decode before routing (`/health/..%2fadmin`).
+        let lower = path.to_ascii_lowercase();
+        let disguised = lower.contains("%2f")
+            || lower.contains("%5c")
+            || path.contains('\\')
+            || path.split('/').any(|segment| {
+                segment
+                    .split_once(';')
+                    .is_some_and(|(name, _)| name == "." || name == "..")
+            });
         !disguised && self.exclude.iter().any(|p| within(path, p))
     }
 
