@@ -34,45 +34,43 @@ pub mod bindings {
     });
 }
 
+/// Bind another world of the package whose imports are those of the
+/// `policy` world: their host functions are implemented once, for
+/// [`bindings`]. Extra `with` entries follow the world's name.
+macro_rules! bind_beside_policy {
+    ($world:literal $(, $name:literal: $path:path)*) => {
+        wasmtime::component::bindgen!({
+            path: "../wit/adc-policy@0.1.0",
+            world: $world,
+            with: {
+                "adc:policy/types": super::bindings::adc::policy::types,
+                "adc:policy/http": super::bindings::adc::policy::http,
+                "adc:policy/log": super::bindings::adc::policy::log,
+                "adc:policy/kv": super::bindings::adc::policy::kv,
+                "adc:policy/metrics": super::bindings::adc::policy::metrics,
+                "adc:policy/clock": super::bindings::adc::policy::clock,
+                "adc:policy/random": super::bindings::adc::policy::random,
+                "adc:policy/crypto": super::bindings::adc::policy::crypto,
+                "adc:policy/pools": super::bindings::adc::policy::pools,
+                $($name: $path,)*
+            },
+        });
+    };
+}
+
 pub mod streaming_bindings {
     //! The `streaming` export, bound apart from the `policy` world: a
     //! component built before it has no such export and must still load.
-    wasmtime::component::bindgen!({
-        path: "../wit/adc-policy@0.1.0",
-        world: "streaming-policy",
-        with: {
-            "adc:policy/types": super::bindings::adc::policy::types,
-            "adc:policy/http": super::bindings::adc::policy::http,
-            "adc:policy/log": super::bindings::adc::policy::log,
-            "adc:policy/kv": super::bindings::adc::policy::kv,
-            "adc:policy/metrics": super::bindings::adc::policy::metrics,
-            "adc:policy/clock": super::bindings::adc::policy::clock,
-            "adc:policy/random": super::bindings::adc::policy::random,
-            "adc:policy/crypto": super::bindings::adc::policy::crypto,
-            "adc:policy/pools": super::bindings::adc::policy::pools,
-            "adc:policy/handler": super::bindings::exports::adc::policy::handler,
-        },
-    });
+    bind_beside_policy!(
+        "streaming-policy",
+        "adc:policy/handler": super::bindings::exports::adc::policy::handler
+    );
 }
 
 pub mod hooks_bindings {
     //! The `hooks` export (world `hooks-policy`), whose hooks take no
-    //! handles; the imports are those of the `policy` world.
-    wasmtime::component::bindgen!({
-        path: "../wit/adc-policy@0.1.0",
-        world: "hooks-policy",
-        with: {
-            "adc:policy/types": super::bindings::adc::policy::types,
-            "adc:policy/http": super::bindings::adc::policy::http,
-            "adc:policy/log": super::bindings::adc::policy::log,
-            "adc:policy/kv": super::bindings::adc::policy::kv,
-            "adc:policy/metrics": super::bindings::adc::policy::metrics,
-            "adc:policy/clock": super::bindings::adc::policy::clock,
-            "adc:policy/random": super::bindings::adc::policy::random,
-            "adc:policy/crypto": super::bindings::adc::policy::crypto,
-            "adc:policy/pools": super::bindings::adc::policy::pools,
-        },
-    });
+    //! handles.
+    bind_beside_policy!("hooks-policy");
 }
 
 pub use bindings::adc::policy::pools::MemberStatus;
