@@ -97,17 +97,11 @@ async fn probe(health: &Health, member: &Member, upstream: &Upstream) -> Result<
     // The pool's own protocol: TLS when it has TLS, and HTTP/2 when the
     // member agreed to it by ALPN, or over cleartext when the pool says so.
     match &upstream.tls {
-        Some((config, sni)) => {
-            let name = sni
-                .clone()
-                .or_else(|| health.host.clone())
-                .unwrap_or_else(|| member.address.ip().to_string());
-            let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone())
-                .connect(name, stream)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Some(tls) => {
+            let (tls, h2) =
+                crate::upstream::tls_connect(tls, health.host.as_deref(), stream, member.address)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
             probe_http(health, member, tls, h2, "https").await
         }
         None => probe_http(health, member, stream, upstream.http2, "http").await,

@@ -129,22 +129,14 @@ pub async fn checkout(key: Key, how: &Connect<'_>) -> Result<Conn, UpstreamError
     .map_err(|_| UpstreamError::ConnectTimeout(address))?
     .map_err(|e| UpstreamError::Connect(address, e))?;
     let sender = match &how.upstream.tls {
-        Some((config, configured_sni)) => {
-            let name = configured_sni
-                .clone()
-                .or_else(|| key.sni.clone())
-                .unwrap_or_else(|| address.ip().to_string());
-            let server_name = rustls::pki_types::ServerName::try_from(name)
-                .map_err(|e| UpstreamError::Tls(address, std::io::Error::other(e)))?;
-            let tls = tokio::time::timeout(
+        Some(tls) => {
+            let (tls, h2) = tokio::time::timeout(
                 how.connect_timeout,
-                tokio_rustls::TlsConnector::from(config.clone()).connect(server_name, stream),
+                tls_connect(tls, key.sni.as_deref(), stream, address),
             )
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(address))?
             .map_err(|e| UpstreamError::Tls(address, e))?;
-            // Speak what the member agreed to by ALPN, never more.
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             handshake(TokioIo::new(tls), address, h2).await?
         }
         None => handshake(TokioIo::new(stream), address, how.upstream.http2).await?,
@@ -167,6 +159,30 @@ pub async fn checkout(key: Key, how: &Connect<'_>) -> Result<Conn, UpstreamError
         key,
         reused: false,
     })
+}
+
+/// TLS to a member over `stream`, with a pool's TLS settings (its client
+/// config and configured server name): the server name sent is the
+/// configured one, else `name` (a request's host, a health check's), else
+/// the member's IP address. Also whether the member agreed to HTTP/2 by
+/// ALPN: adc speaks what it agreed to, never more.
+pub async fn tls_connect(
+    (config, configured): &(std::sync::Arc<rustls::ClientConfig>, Option<String>),
+    name: Option<&str>,
+    stream: tokio::net::TcpStream,
+    address: SocketAddr,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, bool)> {
+    let name = configured
+        .as_deref()
+        .or(name)
+        .map_or_else(|| address.ip().to_string(), str::to_owned);
+    let server_name =
+        rustls::pki_types::ServerName::try_from(name).map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(server_name, stream)
+        .await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok((tls, h2))
 }
 
 async fn handshake<T>(

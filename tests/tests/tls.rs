@@ -232,17 +232,7 @@ struct H3Client {
 
 impl H3Client {
     async fn connect(addr: std::net::SocketAddr, name: &str, ca: &Ca) -> H3Client {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots())
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let endpoint = quic_endpoint(client_tls(ca).with_no_client_auth());
         let conn = endpoint.connect(addr, name).unwrap().await.unwrap();
         let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
             .await
@@ -257,19 +247,30 @@ impl H3Client {
     }
 }
 
-/// Whether a QUIC handshake with `name`, trusting `ca`, succeeds.
-async fn quic_handshake(addr: std::net::SocketAddr, name: &str, ca: &Ca) -> Result<(), String> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(ca.roots())
-    .with_no_client_auth();
+/// A client TLS configuration trusting `ca`, before client authentication
+/// is chosen.
+fn client_tls(
+    ca: &Ca,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+}
+
+/// A QUIC client endpoint on loopback whose connections speak HTTP/3 with
+/// `tls`.
+fn quic_endpoint(mut tls: rustls::ClientConfig) -> quinn::Endpoint {
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint
+}
+
+/// Whether a QUIC handshake with `name`, trusting `ca`, succeeds.
+async fn quic_handshake(addr: std::net::SocketAddr, name: &str, ca: &Ca) -> Result<(), String> {
+    let endpoint = quic_endpoint(client_tls(ca).with_no_client_auth());
     let connecting = endpoint.connect(addr, name).map_err(|e| e.to_string())?;
     let result = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
@@ -625,13 +626,8 @@ async fn h3_get(
     server_ca: &Ca,
     client: Option<&(PathBuf, PathBuf)>,
 ) -> Result<http::Response<()>, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(server_ca.roots());
-    let mut tls = match client {
+    let builder = client_tls(server_ca);
+    let tls = match client {
         Some((cert, key)) => {
             let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert)
                 .unwrap()
@@ -642,10 +638,7 @@ async fn h3_get(
         }
         None => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let endpoint = quic_endpoint(tls);
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         let conn = endpoint
             .connect(addr, name)

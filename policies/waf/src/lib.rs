@@ -216,16 +216,20 @@ impl Waf {
         // A path that some backend reads as leaving the excluded prefix:
         // `..;` (Tomcat, Spring), or an encoded slash or backslash, which
         // many frameworks decode before routing (`/health/..%2fadmin`).
-        let lower = path.to_ascii_lowercase();
-        let disguised = lower.contains("%2f")
-            || lower.contains("%5c")
-            || path.contains('\\')
-            || path.split('/').any(|segment| {
-                segment
-                    .split_once(';')
-                    .is_some_and(|(name, _)| name == "." || name == "..")
-            });
-        !disguised && self.exclude.iter().any(|p| within(path, p))
+        // Asked only of a path under an excluded prefix: most requests,
+        // and every one without `exclude_paths`, stop at the first test.
+        let disguised = || {
+            path.as_bytes().windows(3).any(|w| {
+                w[0] == b'%'
+                    && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+            }) || path.contains('\\')
+                || path.split('/').any(|segment| {
+                    segment
+                        .split_once(';')
+                        .is_some_and(|(name, _)| name == "." || name == "..")
+                })
+        };
+        self.exclude.iter().any(|p| within(path, p)) && !disguised()
     }
 
     fn check_content_type(&self, req: &Request, scan: &mut Scan) {
